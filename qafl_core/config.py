@@ -1,0 +1,243 @@
+"""Run configuration: one flat, frozen, validated dataclass.
+
+Names follow the issue tracker's contract (``clients_per_round``, ``local_steps``, ...), so that
+``qafl run --set clients_per_round=10`` and YAML files use the same keys.  Validation happens in
+``__post_init__`` and every message names the offending field.  ``config_hash`` identifies a run's
+*results* (the cache key for notebooks and the checkpoint check); fields that cannot change results
+(output paths, progress bars, checkpoint cadence) are excluded from it.
+
+Defaults follow PAPER.md §8 "best readings": K = 5, base ``sit`` = 10 scaled by b/32, ``swt`` = 0,
+lattice spacing 1e-4, 30 % slow clients with exponential step times of mean 2 (fast) and 8 (slow),
+constant learning rate, QuAFL client learning-rate scaling (s+1)/s on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+ALGORITHMS = ("quafl", "fedavg", "fedbuff")
+QUANTIZERS = ("identity", "lattice", "qsgd", "dithered_lattice")
+DATASETS = ("synthetic", "femnist", "shakespeare", "celeba", "fmnist", "mnist", "cifar10", "quadratic")
+TIMINGS = ("exponential", "uniform")
+STALENESS = ("none", "sqrt", "poly")
+DECODE_KEYS = ("current", "base")
+OPTIMIZERS = ("sgd",)
+
+# keys that never change the results of a run (excluded from the hash)
+_NON_RESULT_KEYS = ("progress", "checkpoint_every", "data_root", "eval_workers")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one simulation. See README "Configuration" for each key."""
+
+    # what
+    algorithm: str = "quafl"
+    dataset: str = "synthetic"
+    data_root: str | None = None          # None -> $QAFL_DATA_DIR/<dataset default>, or embedded data
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    model: str = "auto"                   # "auto" -> the dataset's LEAF / paper-code model
+    seed: int = 0
+    # federation
+    num_clients: int | None = None        # None -> every client of the dataset
+    clients_per_round: int = 5            # s (QuAFL peers, FedAvg sample, FedBuff default buffer size)
+    local_steps: int = 5                  # K
+    lr: float = 0.01                      # base (client) learning rate eta
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr_decay: bool = False                # paper code's optional step decay: x0.5 at 60 %, x0.1 at 80 % of time_limit
+    # communication
+    quantizer: str = "identity"
+    bits: int = 32
+    lattice_eps: float = 1e-4             # lattice spacing epsilon (PAPER §3.2)
+    qsgd_bucket: int | None = None        # None -> one bucket per tensor (paper code); else bucket size
+    # timing (PAPER §4)
+    timing: str = "exponential"
+    slow_fraction: float = 0.3
+    fast_mean: float = 2.0
+    slow_mean: float = 8.0
+    sit: float = 10.0                     # server interaction time (base, for 32 bits)
+    swt: float = 0.0                      # server waiting time between rounds (QuAFL)
+    scale_sit_by_bits: bool = True        # sit * bits/32 for quantized runs
+    time_limit: float = 500.0
+    max_server_steps: int | None = None
+    eval_every: float = 50.0
+    eval_max_samples: int | None = None   # None -> the whole pooled test set
+    eval_batch_size: int = 1024
+    # QuAFL switches (PAPER §2.3)
+    server_averaging: bool = True
+    client_averaging: bool = True
+    client_lr_scaling: bool = True        # client lr * (s+1)/s when server_averaging (paper code)
+    client_decode_key: str = "current"    # "current" (code) or "base" (paper text)
+    speed_lr_correction: bool = False     # suite extension: client lr * mean(H)/H_i (off = faithful)
+    # FedAvg / FedBuff
+    server_lr: float = 1.0
+    buffer_size: int | None = None        # FedBuff Z; None -> clients_per_round
+    staleness: str = "none"               # none | sqrt: 1/sqrt(1+tau) | poly: (1+tau)^-staleness_exponent
+    staleness_exponent: float = 0.5
+    fedbuff_client_lr_s_over_n: bool = False  # the paper code's client lr * s/n quirk (PAPER §5.2)
+    # run management
+    progress: bool = True
+    checkpoint_every: float | None = None
+    eval_workers: int = 1
+
+    def __post_init__(self) -> None:
+        _check_choice("algorithm", self.algorithm, ALGORITHMS)
+        _check_choice("quantizer", self.quantizer, QUANTIZERS)
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("timing", self.timing, TIMINGS)
+        _check_choice("staleness", self.staleness, STALENESS)
+        _check_choice("client_decode_key", self.client_decode_key, DECODE_KEYS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_int("seed", self.seed, lo=0)
+        if self.num_clients is not None:
+            _check_int("num_clients", self.num_clients, lo=1)
+        _check_int("clients_per_round", self.clients_per_round, lo=1)
+        if self.num_clients is not None and self.clients_per_round > self.num_clients:
+            raise ValueError(f"clients_per_round: s = {self.clients_per_round} exceeds num_clients = {self.num_clients}")
+        _check_int("local_steps", self.local_steps, lo=1)
+        _check_int("batch_size", self.batch_size, lo=1)
+        _check_int("bits", self.bits, lo=1, hi=32)
+        if self.quantizer == "identity" and self.bits != 32:
+            raise ValueError(f"bits: the identity quantizer sends 32-bit floats; got bits = {self.bits} (use quantizer=lattice/qsgd)")
+        if self.quantizer == "qsgd" and self.bits < 1:
+            raise ValueError("bits: qsgd needs at least 1 bit")
+        if self.qsgd_bucket is not None:
+            _check_int("qsgd_bucket", self.qsgd_bucket, lo=1)
+        for name in ("lr", "lattice_eps", "fast_mean", "slow_mean", "time_limit", "eval_every", "server_lr"):
+            _check_float(name, getattr(self, name), positive=True)
+        for name in ("sit", "swt"):
+            _check_float(name, getattr(self, name), positive=False)
+        _check_float("slow_fraction", self.slow_fraction, positive=False)
+        if self.slow_fraction > 1:
+            raise ValueError(f"slow_fraction: must be in [0, 1], got {self.slow_fraction}")
+        _check_float("staleness_exponent", self.staleness_exponent, positive=False)
+        if self.buffer_size is not None:
+            _check_int("buffer_size", self.buffer_size, lo=1)
+            if self.num_clients is not None and self.buffer_size > self.num_clients:
+                raise ValueError(f"buffer_size: Z = {self.buffer_size} exceeds num_clients = {self.num_clients}")
+        if self.max_server_steps is not None:
+            _check_int("max_server_steps", self.max_server_steps, lo=1)
+        if self.eval_max_samples is not None:
+            _check_int("eval_max_samples", self.eval_max_samples, lo=1)
+        _check_int("eval_batch_size", self.eval_batch_size, lo=1)
+        _check_int("eval_workers", self.eval_workers, lo=1)
+        if self.checkpoint_every is not None:
+            _check_float("checkpoint_every", self.checkpoint_every, positive=True)
+        if not isinstance(self.dataset_options, Mapping):
+            raise ValueError(f"dataset_options: expected a mapping, got {type(self.dataset_options).__name__}")
+        for name in ("lr_decay", "scale_sit_by_bits", "server_averaging", "client_averaging", "client_lr_scaling",
+                     "speed_lr_correction", "fedbuff_client_lr_s_over_n", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true/false, got {getattr(self, name)!r}")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def round_sit(self) -> float:
+        """The server interaction time of one round, scaled by bits/32 when quantized (PAPER §4)."""
+        if self.scale_sit_by_bits and self.quantizer != "identity":
+            return self.sit * self.bits / 32.0
+        return self.sit
+
+    @property
+    def effective_buffer_size(self) -> int:
+        return self.buffer_size if self.buffer_size is not None else self.clients_per_round
+
+    # ------------------------------------------------------------------ conversion
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["dataset_options"] = dict(self.dataset_options)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in data:
+                kwargs[f.name] = _coerce(f.name, data[f.name], f.type, source)
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    def config_hash(self) -> str:
+        d = {k: v for k, v in self.to_dict().items() if k not in _NON_RESULT_KEYS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: unknown value {value!r}; expected one of {', '.join(choices)}")
+
+
+def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name}: must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name}: must be <= {hi}, got {value}")
+
+
+def _check_float(name: str, value: Any, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name}: must be > 0, got {value}")
+    if not positive and value < 0:
+        raise ValueError(f"{name}: must be >= 0, got {value}")
+
+
+def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
+    """Light coercion for values that come from YAML or ``--set key=value`` strings."""
+    t = str(typ)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if "None" in t and low in ("none", "null", "~", ""):
+            return None
+        if t.startswith("bool"):
+            if low in ("true", "yes", "1", "on"):
+                return True
+            if low in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(f"{source}: {name}: expected true/false, got {value!r}")
+        if t.startswith("int"):
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"{source}: {name}: expected an integer, got {value!r}") from None
+        if t.startswith("float"):
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"{source}: {name}: expected a number, got {value!r}") from None
+        if t.startswith("Mapping"):
+            import yaml
+
+            parsed = yaml.safe_load(value)
+            if not isinstance(parsed, dict):
+                raise ValueError(f"{source}: {name}: expected a mapping like {{key: value}}, got {value!r}")
+            return parsed
+    if t.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, str]:
+    """``["k=v", ...]`` -> ``{"k": "v"}`` with a clear error for malformed items."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
