@@ -1,0 +1,140 @@
+"""What every simulated algorithm shares: the server clock, counters, messages and checkpoint state.
+
+An algorithm is a :class:`Simulation` whose :meth:`step` performs one *server step* (a QuAFL round,
+a FedAvg round, a FedBuff buffer flush) and advances the simulated clock.  The runner owns the loop,
+evaluation cadence and checkpoints; algorithms own the protocol.  All randomness comes from named
+streams of the root seed (:mod:`qafl_core.rng`): client sampling, per-client step durations,
+per-client mini-batches and one generator per quantized message.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from qafl_core.config import RunConfig
+from qafl_core.local import Task
+from qafl_core.rng import torch_generator
+from qafl_core.timing import ClientClocks
+
+log = logging.getLogger("qafl")
+
+
+class Simulation:
+    """Base class: state and bookkeeping common to QuAFL, FedAvg and FedBuff."""
+
+    name = "base"
+    #: attributes saved in checkpoints besides the common ones
+    extra_state: tuple[str, ...] = ()
+
+    def __init__(self, cfg: RunConfig, task: Task, quantizer, clocks: ClientClocks):
+        self.cfg, self.task, self.quantizer, self.clocks = cfg, task, quantizer, clocks
+        self.n = task.num_clients
+        if cfg.clients_per_round > self.n:
+            raise ValueError(f"clients_per_round: s = {cfg.clients_per_round} exceeds the {self.n} clients of the dataset")
+        self.server = task.init_vector().clone()
+        self.num_params = getattr(task, "num_params", task.dim)
+        self.time = 0.0
+        self.server_steps = 0
+        self.local_steps = 0
+        self.bits_up = 0
+        self.bits_down = 0
+        self.decode_failures = 0
+        self.failed_messages = 0
+        self.contacts = {"slow": 0, "fast": 0}
+        self.zero_step_contacts = {"slow": 0, "fast": 0}
+        self.steps_by_class = {"slow": 0, "fast": 0}
+        self.sampler = torch_generator(cfg.seed, "server", "sampling")
+        self._zeros: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ protocol pieces
+    def step(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def done(self) -> bool:
+        if self.cfg.max_server_steps is not None and self.server_steps >= self.cfg.max_server_steps:
+            return True
+        return self.time >= self.cfg.time_limit
+
+    def sample_clients(self) -> list[int]:
+        """s of n clients uniformly without replacement, sorted (the order has no effect on results)."""
+        perm = torch.randperm(self.n, generator=self.sampler)[: self.cfg.clients_per_round]
+        return sorted(perm.tolist())
+
+    def lr_factor(self) -> float:
+        """The paper code's optional step decay: x0.5 from 60 % of the time limit, x0.1 from 80 %."""
+        if not self.cfg.lr_decay:
+            return 1.0
+        frac = self.time / self.cfg.time_limit
+        return 0.1 if frac >= 0.8 else 0.5 if frac >= 0.6 else 1.0
+
+    def encode(self, x: torch.Tensor, *msg_id: object):
+        return self.quantizer.encode(x, torch_generator(self.cfg.seed, "quant", self.server_steps, *msg_id))
+
+    def decode(self, msg, key: torch.Tensor | None, direction: str) -> torch.Tensor:
+        """Decode ``msg`` against the receiver's ``key``, counting wrap-around failures (never silent)."""
+        out = self.quantizer.decode(msg, key)
+        if out.failures:
+            self.decode_failures += out.failures
+            self.failed_messages += 1
+            if self.failed_messages <= 5 or self.failed_messages % 100 == 0:
+                log.warning("%s: %d coordinate(s) of a %s message fell outside the %s decoding window at t=%.1f "
+                            "(%d failed messages so far)", self.name, out.failures, direction, self.quantizer.name,
+                            self.time, self.failed_messages)
+        return out.value
+
+    @property
+    def zeros(self) -> torch.Tensor:
+        """Decoding key for deltas: they are decoded against zero, never against a model (PAPER.md §5.2)."""
+        if self._zeros is None:
+            self._zeros = torch.zeros(self.task.dim)
+        return self._zeros
+
+    def record_contact(self, client: int, steps: int) -> None:
+        cls = "slow" if self.clocks.is_slow[client] else "fast"
+        self.contacts[cls] += 1
+        self.steps_by_class[cls] += steps
+        if steps == 0:
+            self.zero_step_contacts[cls] += 1
+        self.local_steps += steps
+
+    def apply_server_delta(self, mean_delta: torch.Tensor, server_lr: float) -> None:
+        """``X -= server_lr * mean_delta`` on parameters; buffers (BatchNorm statistics) take the plain mean."""
+        p = self.num_params
+        self.server[:p].sub_(mean_delta[:p], alpha=server_lr)
+        if p < self.server.numel():
+            self.server[p:].sub_(mean_delta[p:])
+
+    # ------------------------------------------------------------------ reporting
+    def counters(self) -> dict[str, float]:
+        return {"time": self.time, "server_steps": self.server_steps, "local_steps": self.local_steps,
+                "bits_up": self.bits_up, "bits_down": self.bits_down}
+
+    def sim_metrics(self) -> dict[str, float]:
+        """Simulator statistics reported with every evaluation (split ``sim``)."""
+        out = {"decode_failures": float(self.decode_failures)}
+        for cls in ("slow", "fast"):
+            c = self.contacts[cls]
+            if c:
+                out[f"zero_step_fraction_{cls}"] = self.zero_step_contacts[cls] / c
+                out[f"steps_per_contact_{cls}"] = self.steps_by_class[cls] / c
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    _common_state = ("server", "time", "server_steps", "local_steps", "bits_up", "bits_down", "decode_failures",
+                     "failed_messages", "contacts", "zero_step_contacts", "steps_by_class")
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: getattr(self, k) for k in self._common_state + self.extra_state}
+        state["sampler"] = self.sampler.get_state()
+        state["clocks"] = self.clocks.state_dict()
+        state["task"] = self.task.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self._common_state + self.extra_state:
+            setattr(self, k, state[k])
+        self.sampler.set_state(state["sampler"])
+        self.clocks.load_state_dict(state["clocks"])
+        self.task.load_state_dict(state["task"])

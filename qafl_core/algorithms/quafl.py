@@ -1,0 +1,103 @@
+"""QuAFL: asynchronous, quantized federated averaging.
+
+Zakerinia, Talaei, Nadiradze, Alistarh, "Communication-Efficient Federated Learning With Data and
+Client Heterogeneity", AISTATS 2024 (arXiv:2206.10032), Algorithm 1, as specified in PAPER.md §2.
+
+One round (server step) at server time T:
+
+1. sample s of n clients without replacement; encode the server model X once;
+2. each contacted client i answers at once: it first completes, lazily, the local SGD steps whose
+   durations fit before T (at most K since its last contact; the step in flight is dropped, its
+   drawn duration kept — the released simulator's semantics, PAPER.md §4), sends Enc(Y_i) of its
+   *full current model* Y_i, then sets ``X_i <- Q(X)/(s+1) + s Y_i/(s+1)`` and restarts its K steps;
+3. the server sets ``X <- (X + sum_i Q(Y_i)) / (s+1)`` (decoding with its own X as key);
+4. the clock advances by ``sit + swt`` (``sit`` scaled by b/32 when quantized).
+
+Options (RunConfig): ``server_averaging`` / ``client_averaging`` (the Fig. 3 ablation; off means the
+server adopts the clients' mean / the client adopts Q(X)), ``client_lr_scaling`` (the paper code's
+client step size eta (s+1)/s when the server averages — on by default), ``client_decode_key``
+(``current``: the client's current model Y_i, as in the code; ``base``: its base model X_i, as in the
+paper's pseudocode), and ``speed_lr_correction`` — this suite's extension, off by default because the
+AISTATS text's mechanism for heterogeneous speeds is not available: each client's step size is
+multiplied by mean(H)/H_i, with H_i its expected steps per contact, so that fast and slow clients
+contribute equal expected progress.
+"""
+from __future__ import annotations
+
+import torch
+
+from qafl_core.algorithms.base import Simulation
+from qafl_core.timing import expected_steps_per_contact
+
+
+class QuAFL(Simulation):
+    name = "quafl"
+    extra_state = ("clients", "base", "client_time", "next_duration")
+
+    def __init__(self, cfg, task, quantizer, clocks):
+        super().__init__(cfg, task, quantizer, clocks)
+        s = cfg.clients_per_round
+        self.p = 1.0 / (s + 1)
+        self.round_time = cfg.round_sit + cfg.swt
+        # (n, d) client models, every one starting from the server's initial model
+        self.clients = self.server.unsqueeze(0).repeat(self.n, 1)
+        self.base = self.clients.clone() if cfg.client_decode_key == "base" else None
+        self.client_time = [0.0] * self.n
+        self.next_duration = [clocks.draw(i) for i in range(self.n)]
+        scale = (s + 1) / s if (cfg.client_lr_scaling and cfg.server_averaging) else 1.0
+        self.client_lr = [cfg.lr * scale] * self.n
+        if cfg.speed_lr_correction:
+            self.client_lr = [lr * f for lr, f in zip(self.client_lr, self._speed_factors())]
+
+    def _speed_factors(self) -> list[float]:
+        cfg = self.cfg
+        h = {m: expected_steps_per_contact(m, self.round_time, cfg.clients_per_round / self.n, cfg.local_steps,
+                                           cfg.timing, cfg.seed) for m in set(self.clocks.means)}
+        hs = [h[m] for m in self.clocks.means]
+        mean_h = sum(hs) / len(hs)
+        if min(hs) <= 0:
+            raise ValueError("speed_lr_correction: some clients are expected to take no local steps between contacts; "
+                             "lower sit/swt or the number of clients per round")
+        return [mean_h / x for x in hs]
+
+    def progress(self, i: int, now: float) -> int:
+        """Complete client i's local steps that finish strictly before ``now`` (at most K); return how many."""
+        k, t, d = 0, self.client_time[i], self.next_duration[i]
+        while k < self.cfg.local_steps and t + d < now:
+            t += d
+            d = self.clocks.draw(i)
+            k += 1
+        self.next_duration[i] = d
+        self.client_time[i] = now  # partial progress of the in-flight step is discarded
+        if k:
+            self.task.local_sgd(self.clients[i], i, k, self.client_lr[i] * self.lr_factor())
+        self.record_contact(i, k)
+        return k
+
+    def step(self) -> None:
+        cfg, p = self.cfg, self.p
+        contacted = self.sample_clients()
+        down = self.encode(self.server, "down")
+        acc = torch.zeros_like(self.server)
+        for i in contacted:
+            self.progress(i, self.time)
+            y = self.clients[i]
+            up = self.encode(y, "up", i)
+            acc.add_(self.decode(up, self.server, "client->server"))
+            key = self.base[i] if self.base is not None else y
+            q_server = self.decode(down, key, "server->client")
+            if cfg.client_averaging:
+                y.mul_(1.0 - p).add_(q_server, alpha=p)
+            else:
+                y.copy_(q_server)
+            if self.base is not None:
+                self.base[i].copy_(y)
+            self.bits_up += up.bits
+            self.bits_down += down.bits
+        s = len(contacted)
+        if cfg.server_averaging:
+            self.server.mul_(p).add_(acc, alpha=(1.0 - p) / s)
+        else:
+            self.server.copy_(acc.div_(s))
+        self.server_steps += 1
+        self.time += self.round_time

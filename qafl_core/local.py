@@ -1,0 +1,156 @@
+"""The local SGD every algorithm shares, and server-model evaluation.
+
+A :class:`Task` is what the algorithms see of a learning problem: a vector dimension, an initial
+vector, ``local_sgd(row, client, steps, lr)`` that trains a client's flat vector *in place*, and
+``evaluate(vector)``.  :class:`NeuralTask` implements it for a model + :class:`FederatedDataset`;
+``qafl_core.theory.QuadraticTask`` implements it for the heterogeneous quadratics of PAPER.md §7.5.
+
+Mini-batches follow ``DataLoader(shuffle=True)`` semantics, as in the paper's code: each client walks
+through a fresh random permutation of its samples per epoch (the last batch of an epoch may be
+smaller), drawn from the client's own generator, so a client's batches do not depend on when or how
+often other clients train.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from qafl_core.data.federated import FederatedDataset
+from qafl_core.params import FlatModel
+from qafl_core.rng import torch_generator
+
+
+class Diverged(RuntimeError):
+    """Raised when a loss becomes NaN or infinite; the runner marks the run as diverged."""
+
+
+class Task(Protocol):
+    dim: int
+    segments: list[int]
+    num_clients: int
+
+    def init_vector(self) -> torch.Tensor: ...
+    def local_sgd(self, row: torch.Tensor, client: int, num_steps: int, lr: float) -> None: ...
+    def evaluate(self, vec: torch.Tensor) -> dict[str, float]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ClientBatcher:
+    """Per-client epoch-wise shuffled mini-batch indices (local indices into the client's samples)."""
+
+    def __init__(self, counts: torch.Tensor, batch_size: int, seed: int):
+        self.counts = [int(c) for c in counts]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.gens: dict[int, torch.Generator] = {}
+        self.perm: dict[int, torch.Tensor] = {}
+        self.pos: dict[int, int] = {}
+
+    def next(self, i: int) -> torch.Tensor:
+        perm, pos = self.perm.get(i), self.pos.get(i, 0)
+        if perm is None or pos >= len(perm):
+            if i not in self.gens:
+                self.gens[i] = torch_generator(self.seed, "batches", i)
+            if self.counts[i] == 0:
+                raise ValueError(f"client {i} has no training samples")
+            perm, pos = torch.randperm(self.counts[i], generator=self.gens[i]), 0
+            self.perm[i] = perm
+        self.pos[i] = pos + self.batch_size
+        return perm[pos:pos + self.batch_size]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gens": {i: g.get_state() for i, g in self.gens.items()},
+                "perm": dict(self.perm), "pos": dict(self.pos)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gens = {}
+        for i, s in state["gens"].items():
+            g = torch.Generator()
+            g.set_state(s)
+            self.gens[int(i)] = g
+        self.perm = {int(i): p for i, p in state["perm"].items()}
+        self.pos = {int(i): int(p) for i, p in state["pos"].items()}
+
+
+class NeuralTask:
+    """A neural network on a federated dataset, trained with plain SGD on flat vectors.
+
+    Args:
+        dataset: the clients' data (held in memory).
+        model_name: a name from :data:`qafl_core.models.MODELS`.
+        seed: root seed (model init, batches, evaluation subset).
+        batch_size: local mini-batch size.
+        eval_max_samples: evaluate on a fixed seeded subset of the pooled test set (None: all of it).
+        eval_batch_size: evaluation batch size (no effect on results).
+    """
+
+    def __init__(self, dataset: FederatedDataset, model_name: str, seed: int, batch_size: int,
+                 eval_max_samples: int | None = None, eval_batch_size: int = 1024):
+        from qafl_core.models import build_model, set_dropout_generator
+
+        self.dataset = dataset
+        self.num_clients = dataset.num_clients
+        self.module = build_model(model_name, dataset.input_shape, dataset.num_classes,
+                                  generator=torch_generator(seed, "model_init"))
+        self.flat = FlatModel(self.module)
+        self.dim = self.flat.dim
+        self.segments = self.flat.segments
+        self.batcher = ClientBatcher(dataset.train_counts(), batch_size, seed)
+        self.offsets = [int(o) for o in dataset.train_offsets]
+        self._dropout_gen = torch_generator(seed, "dropout")
+        set_dropout_generator(self.module, self._dropout_gen)
+        n_test = len(dataset.y_test)
+        if n_test == 0:
+            raise ValueError(f"{dataset.name}: the dataset has no test samples to evaluate on")
+        if eval_max_samples is not None and eval_max_samples < n_test:
+            idx = torch.randperm(n_test, generator=torch_generator(seed, "eval_subset"))[:eval_max_samples]
+            self.eval_x, self.eval_y = dataset.x_test[idx], dataset.y_test[idx]
+        else:
+            self.eval_x, self.eval_y = dataset.x_test, dataset.y_test
+        self.eval_batch_size = eval_batch_size
+
+    def init_vector(self) -> torch.Tensor:
+        return self.flat.vector_from_module()
+
+    def local_sgd(self, row: torch.Tensor, client: int, num_steps: int, lr: float) -> None:
+        """``num_steps`` SGD steps of ``client`` on its flat vector ``row``, updated in place."""
+        if num_steps <= 0:
+            return
+        params, state = self.flat.leaf_views(row)
+        self.module.train()
+        base = self.offsets[client]
+        ds = self.dataset
+        for _ in range(num_steps):
+            idx = self.batcher.next(client) + base
+            out = functional_call(self.module, state, (ds.x_train[idx],), strict=False)
+            loss = F.cross_entropy(out, ds.y_train[idx])
+            if not math.isfinite(loss.item()):
+                raise Diverged(f"client {client}: training loss became {loss.item()}")
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                torch._foreach_add_(params, grads, alpha=-lr)
+
+    @torch.no_grad()
+    def evaluate(self, vec: torch.Tensor) -> dict[str, float]:
+        """Accuracy and mean cross-entropy of the model ``vec`` on the pooled test set."""
+        self.module.eval()
+        state = self.flat.views(vec)
+        correct, loss_sum, n = 0, 0.0, len(self.eval_y)
+        for a in range(0, n, self.eval_batch_size):
+            x, y = self.eval_x[a:a + self.eval_batch_size], self.eval_y[a:a + self.eval_batch_size]
+            out = functional_call(self.module, state, (x,), strict=False)
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+        return {"accuracy": correct / n, "loss": loss_sum / n}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batcher": self.batcher.state_dict(), "dropout": self._dropout_gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batcher.load_state_dict(state["batcher"])
+        self._dropout_gen.set_state(state["dropout"])

@@ -1,0 +1,88 @@
+"""Flat parameter vectors: an ``nn.Module`` <-> one 1-D float32 tensor.
+
+Every model state that the algorithms touch (server model, each client model, deltas, messages)
+is a flat vector of length ``dim`` laid out as ``[parameters | floating buffers]``.  BatchNorm
+running statistics are part of the vector, so averaging a vector averages them too (the paper's
+code averages whole state dicts, PAPER.md §2.3).  Integer buffers (``num_batches_tracked``) are
+left out: they only matter for ``momentum=None`` BatchNorm, which no model here uses.
+
+Training happens *on* a vector without copying it: :meth:`FlatModel.leaf_views` returns, for
+each parameter, a leaf tensor that shares storage with the vector, so an in-place SGD update of
+those leaves updates the vector (a client's row of the ``(n, dim)`` client matrix) directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    shape: torch.Size
+    start: int
+    numel: int
+    is_param: bool
+
+
+class FlatModel:
+    """Maps a module's parameters and floating buffers to slices of a flat vector.
+
+    Args:
+        module: the network; its own tensors are only used for the initial vector.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        entries, pos = [], 0
+        for name, p in module.named_parameters():
+            entries.append(_Entry(name, p.shape, pos, p.numel(), True))
+            pos += p.numel()
+        self.num_params = pos
+        for name, b in module.named_buffers():
+            if b.is_floating_point():
+                entries.append(_Entry(name, b.shape, pos, b.numel(), False))
+                pos += b.numel()
+        self.entries: list[_Entry] = entries
+        self.dim = pos
+
+    @property
+    def segments(self) -> list[int]:
+        """Sizes of the tensors that make up the vector (per-tensor quantizers need them)."""
+        return [e.numel for e in self.entries]
+
+    def vector_from_module(self) -> torch.Tensor:
+        state = dict(self.module.named_parameters())
+        state.update(dict(self.module.named_buffers()))
+        out = torch.empty(self.dim, dtype=torch.float32)
+        for e in self.entries:
+            out[e.start:e.start + e.numel] = state[e.name].detach().reshape(-1)
+        return out
+
+    def views(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shaped views of ``vec`` by state name (share storage; no copies)."""
+        return {e.name: vec[e.start:e.start + e.numel].view(e.shape) for e in self.entries}
+
+    def leaf_views(self, vec: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Parameter leaves that require grad and share storage with ``vec``, plus the full state dict.
+
+        Returns:
+            ``(params, state)``: ``params`` are the trainable leaves in entry order (update them in place
+            under ``torch.no_grad()`` to train ``vec``); ``state`` maps every name to its tensor for
+            :func:`torch.func.functional_call` (buffers are plain views, updated in place by BatchNorm).
+        """
+        params, state = [], {}
+        for e in self.entries:
+            v = vec[e.start:e.start + e.numel].view(e.shape).detach()
+            if e.is_param:
+                v.requires_grad_(True)
+                params.append(v)
+            state[e.name] = v
+        return params, state
+
+    def forward(self, vec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The module's output with the state taken from ``vec``."""
+        return functional_call(self.module, self.views(vec), (x,), strict=False)

@@ -1,0 +1,238 @@
+"""``run(config)``: one simulation -> a tidy results table, with caching, checkpoints and resume.
+
+Results are a long-format ``pandas.DataFrame``: one row per (evaluation point, metric) with the
+columns of :data:`COLUMNS`.  ``split`` is ``test`` for server-model metrics on the pooled test set,
+``sim`` for simulator statistics (decode failures, zero-step contacts, steps per contact) and
+``status`` for the end state (``diverged`` with the time it happened).
+
+A run writes ``results.csv`` and ``config.json`` into its output directory; with ``checkpoint_every``
+it also keeps ``checkpoint.pt``, written atomically (temporary file, then rename), holding the whole
+simulation state — models, clocks, every generator state and the results so far — so that
+``resume=True`` continues bit for bit where an interrupted run stopped.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+
+from qafl_core.config import RunConfig
+
+log = logging.getLogger("qafl")
+
+COLUMNS = ["algorithm", "dataset", "seed", "quantizer", "bits", "clients_per_round", "num_clients",
+           "time", "server_steps", "local_steps", "bits_up", "bits_down", "split", "metric", "value", "config_hash"]
+CHECKPOINT_VERSION = 1
+
+
+# ---------------------------------------------------------------------- building blocks
+@functools.lru_cache(maxsize=8)
+def _load_dataset_cached(name: str, root: str | None, options_json: str):
+    from qafl_core.data.registry import load_dataset
+
+    return load_dataset(name, root=root, **json.loads(options_json))
+
+
+def build_dataset(cfg: RunConfig):
+    """The federated dataset of ``cfg``, restricted to ``num_clients`` clients where asked."""
+    opts = dict(cfg.dataset_options)
+    subset_seed = int(opts.pop("subset_seed", 0))
+    if cfg.dataset in ("fmnist", "mnist", "cifar10"):
+        opts.setdefault("num_clients", cfg.num_clients or 100)
+        opts.setdefault("seed", subset_seed)
+    ds = _load_dataset_cached(cfg.dataset, cfg.data_root, json.dumps(opts, sort_keys=True))
+    if cfg.num_clients is not None and cfg.num_clients != ds.num_clients:
+        if cfg.num_clients > ds.num_clients:
+            raise ValueError(f"num_clients: {cfg.num_clients} requested but dataset {cfg.dataset!r} has only "
+                             f"{ds.num_clients} clients")
+        from qafl_core.rng import torch_generator
+
+        idx = torch.randperm(ds.num_clients, generator=torch_generator(subset_seed, "client_subset"))[: cfg.num_clients]
+        ds = ds.subset(sorted(idx.tolist()))
+    return ds
+
+
+def build_task(cfg: RunConfig):
+    if cfg.dataset == "quadratic":
+        from qafl_core.theory import QuadraticTask
+
+        if cfg.num_clients is None:
+            raise ValueError("num_clients: the quadratic problem needs an explicit number of clients")
+        return QuadraticTask(num_clients=cfg.num_clients, seed=cfg.seed, **dict(cfg.dataset_options))
+    from qafl_core.local import NeuralTask
+    from qafl_core.models import default_model
+
+    ds = build_dataset(cfg)
+    model = default_model(cfg.dataset) if cfg.model == "auto" else cfg.model
+    return NeuralTask(ds, model, cfg.seed, cfg.batch_size, cfg.eval_max_samples, cfg.eval_batch_size)
+
+
+def build_simulation(cfg: RunConfig, task=None):
+    from qafl_core.algorithms import ALGORITHMS
+    from qafl_core.quantize import make_quantizer
+    from qafl_core.timing import ClientClocks
+
+    task = task if task is not None else build_task(cfg)
+    quantizer = make_quantizer(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps, bucket=cfg.qsgd_bucket,
+                               segments=task.segments)
+    clocks = ClientClocks(task.num_clients, cfg.timing, cfg.slow_fraction, cfg.fast_mean, cfg.slow_mean, cfg.seed)
+    return ALGORITHMS[cfg.algorithm](cfg, task, quantizer, clocks)
+
+
+def as_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
+    return config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config))
+
+
+# ---------------------------------------------------------------------- the loop
+class _Recorder:
+    def __init__(self, cfg: RunConfig, num_clients: int):
+        self.cfg, self.rows = cfg, []
+        self.fixed = {"algorithm": cfg.algorithm, "dataset": cfg.dataset, "seed": cfg.seed, "quantizer": cfg.quantizer,
+                      "bits": cfg.bits, "clients_per_round": cfg.clients_per_round, "num_clients": num_clients,
+                      "config_hash": cfg.config_hash()}
+
+    def add(self, sim, split: str, metrics: Mapping[str, float]) -> None:
+        base = {**self.fixed, **sim.counters()}
+        for k, v in metrics.items():
+            self.rows.append({**base, "split": split, "metric": k, "value": float(v)})
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COLUMNS)
+
+
+def _evaluate(sim, rec: _Recorder) -> bool:
+    """Record test and simulator metrics; False when the model has diverged."""
+    metrics = sim.task.evaluate(sim.server)
+    if hasattr(sim.task, "evaluate_mean_model") and hasattr(sim, "clients"):
+        rec.add(sim, "mean_model", sim.task.evaluate_mean_model(sim))
+    rec.add(sim, "test", metrics)
+    rec.add(sim, "sim", sim.sim_metrics())
+    return all(math.isfinite(v) for v in metrics.values())
+
+
+def run(config: RunConfig | Mapping[str, Any], out_dir: str | os.PathLike | None = None, resume: bool = False,
+        checkpoint_every: float | None = None) -> pd.DataFrame:
+    """Run one simulation and return its results table.
+
+    Args:
+        config: a :class:`RunConfig` or a flat mapping of its keys.
+        out_dir: where to write ``results.csv``, ``config.json`` (and ``checkpoint.pt``); None keeps
+            everything in memory.
+        resume: continue from ``out_dir/checkpoint.pt`` (an error if it is missing, corrupt or was
+            written for a different configuration).
+        checkpoint_every: simulated-time interval between checkpoints (overrides the config's).
+
+    Returns:
+        The long-format results table (:data:`COLUMNS`).
+    """
+    from qafl_core.local import Diverged
+
+    cfg = as_config(config)
+    every = checkpoint_every if checkpoint_every is not None else cfg.checkpoint_every
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "config_hash": cfg.config_hash()}, indent=2))
+    if (every or resume) and out is None:
+        raise ValueError("checkpoint_every/resume: an output directory is needed to keep the checkpoint")
+    sim = build_simulation(cfg)
+    rec = _Recorder(cfg, sim.n)
+    next_eval, next_ckpt = 0.0, every
+    if resume:
+        next_eval, next_ckpt = _load_checkpoint(out / "checkpoint.pt", cfg, sim, rec)
+
+    bar = _progress(cfg)
+    shown = 0.0
+    try:
+        while True:
+            if sim.time >= next_eval or sim.done():
+                if not _evaluate(sim, rec):
+                    rec.add(sim, "status", {"diverged": 1.0})
+                    log.warning("run %s diverged at t=%.1f (non-finite test loss)", cfg.config_hash(), sim.time)
+                    break
+                while next_eval <= sim.time:
+                    next_eval += cfg.eval_every
+                if sim.done():
+                    break
+            if every and sim.time >= next_ckpt:
+                while next_ckpt <= sim.time:
+                    next_ckpt += every
+                _save_checkpoint(out / "checkpoint.pt", cfg, sim, rec, next_eval, next_ckpt)
+            try:
+                sim.step()
+            except Diverged as exc:
+                rec.add(sim, "status", {"diverged": 1.0})
+                log.warning("run %s diverged at t=%.1f: %s", cfg.config_hash(), sim.time, exc)
+                break
+            if bar is not None:
+                now = min(sim.time, cfg.time_limit)
+                bar.update(now - shown)
+                shown = now
+    finally:
+        if bar is not None:
+            bar.close()
+    df = rec.frame()
+    if out is not None:
+        df.to_csv(out / "results.csv", index=False)
+    return df
+
+
+def _progress(cfg: RunConfig):
+    if not cfg.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.time_limit, desc=f"{cfg.algorithm} {cfg.dataset} seed={cfg.seed}", unit="t",
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim-time [{elapsed}<{remaining}]", leave=False)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _save_checkpoint(path: Path, cfg: RunConfig, sim, rec: _Recorder, next_eval: float, next_ckpt: float) -> None:
+    state = {"version": CHECKPOINT_VERSION, "config_hash": cfg.config_hash(), "algorithm": cfg.algorithm,
+             "sim": sim.state_dict(), "rows": rec.rows, "next_eval": next_eval, "next_ckpt": next_ckpt}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, cfg: RunConfig, sim, rec: _Recorder) -> tuple[float, float | None]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from (run with --checkpoint-every first)")
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise ValueError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: not a checkpoint of this version of the suite")
+    if state.get("config_hash") != cfg.config_hash():
+        raise ValueError(f"{path}: checkpoint was written for config {state.get('config_hash')}, not for this config "
+                         f"{cfg.config_hash()}; use the same config or another output directory")
+    sim.load_state_dict(state["sim"])
+    rec.rows = list(state["rows"])
+    return state["next_eval"], state["next_ckpt"]
+
+
+# ---------------------------------------------------------------------- cache
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl")) / "runs"
+
+
+def load_or_run(config: RunConfig | Mapping[str, Any], cache_dir: str | os.PathLike | None = None,
+                **overrides: Any) -> pd.DataFrame:
+    """Results of ``config`` from the cache (keyed by the config hash), running it only when missing."""
+    cfg = as_config({**(config.to_dict() if isinstance(config, RunConfig) else dict(config)), **overrides})
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = root / cfg.config_hash()
+    done = out / "results.csv"
+    if done.exists():
+        return pd.read_csv(done)
+    return run(cfg, out_dir=out)
