@@ -28,7 +28,7 @@ DECODE_KEYS = ("current", "base")
 OPTIMIZERS = ("sgd",)
 
 # keys that never change the results of a run (excluded from the hash)
-_NON_RESULT_KEYS = ("progress", "checkpoint_every", "data_root", "eval_workers")
+_NON_RESULT_KEYS = ("progress", "checkpoint_every", "data_root", "eval_workers", "num_threads")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class RunConfig:
     progress: bool = True
     checkpoint_every: float | None = None
     eval_workers: int = 1
+    num_threads: int | None = None        # torch intra-op threads; None -> 1 for small models (< 200k coords), else torch's default
 
     def __post_init__(self) -> None:
         _check_choice("algorithm", self.algorithm, ALGORITHMS)
@@ -126,6 +127,8 @@ class RunConfig:
             _check_int("eval_max_samples", self.eval_max_samples, lo=1)
         _check_int("eval_batch_size", self.eval_batch_size, lo=1)
         _check_int("eval_workers", self.eval_workers, lo=1)
+        if self.num_threads is not None:
+            _check_int("num_threads", self.num_threads, lo=1)
         if self.checkpoint_every is not None:
             _check_float("checkpoint_every", self.checkpoint_every, positive=True)
         if not isinstance(self.dataset_options, Mapping):

@@ -12,6 +12,7 @@ simulation state — models, clocks, every generator state and the results so fa
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -132,8 +133,6 @@ def run(config: RunConfig | Mapping[str, Any], out_dir: str | os.PathLike | None
     Returns:
         The long-format results table (:data:`COLUMNS`).
     """
-    from qafl_core.local import Diverged
-
     cfg = as_config(config)
     every = checkpoint_every if checkpoint_every is not None else cfg.checkpoint_every
     out = Path(out_dir) if out_dir is not None else None
@@ -143,6 +142,26 @@ def run(config: RunConfig | Mapping[str, Any], out_dir: str | os.PathLike | None
     if (every or resume) and out is None:
         raise ValueError("checkpoint_every/resume: an output directory is needed to keep the checkpoint")
     sim = build_simulation(cfg)
+    with _threads(cfg.num_threads if cfg.num_threads is not None else (1 if sim.task.dim < 200_000 else None)):
+        return _loop(cfg, sim, out, resume, every)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Small models run fastest on one intra-op thread (thread start-up dominates their tiny kernels,
+    and on a shared machine spinning threads steal each other's cores); restored afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _loop(cfg: RunConfig, sim, out: Path | None, resume: bool, every: float | None) -> pd.DataFrame:
+    from qafl_core.local import Diverged
+
     rec = _Recorder(cfg, sim.n)
     next_eval, next_ckpt = 0.0, every
     if resume:

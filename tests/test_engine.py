@@ -96,18 +96,18 @@ def test_fedavg_round_by_hand():
 
 
 def test_fedbuff_flushes_exactly_at_Z_in_finish_order():
-    # n = 3, Z = 2, K = 1: finish times 1 (client 0), 2 (client 2), 5 (client 1)
+    # n = 3, Z = 2, K = 1: finish times 1 (client 0), 1.5 (client 2), 5 (client 1)
     cfg = _cfg(algorithm="fedbuff", clients_per_round=2, local_steps=1, lr=1.0, sit=0.5)
-    sim, task = _sim(FedBuff, cfg, {0: [1.0], 1: [5.0], 2: [2.0]}, n=3)
+    sim, task = _sim(FedBuff, cfg, {0: [1.0], 1: [5.0], 2: [1.5]}, n=3)
     sim.step()
     assert [c[0] for c in task.calls] == [0, 2]
-    assert sim.time == pytest.approx(2.5) and sim.server_steps == 1
+    assert sim.time == pytest.approx(2.0) and sim.server_steps == 1
     assert torch.allclose(sim.server, torch.full((2,), -(1 + 3) / 2))
-    # client 0 restarted at t=1 (finishes 2), client 2 got the new model after the flush at 2.5 (finishes 3.5);
-    # client 0 restarts at 2.5 and finishes again at 3.5, before client 2 (tie broken by client index)
+    # client 0 restarted at t=1 on the old model (finishes 2); client 2 got the new model after the flush
+    # (restarts at 2.0, finishes 3.5); client 0 then restarts at 2 and finishes again at 3, before client 2
     sim.step()
     assert [c[0] for c in task.calls] == [0, 2, 0, 0]
-    assert sim.time == pytest.approx(3.5 + 0.5)
+    assert sim.time == pytest.approx(3.0 + 0.5)
     assert sim.bits_up == 4 * 32 * 2 and sim.bits_down == 4 * 32 * 2  # every upload is answered by one download
 
 
