@@ -1,0 +1,107 @@
+"""``qafl data ...`` sub-commands: ``describe`` (here) and ``prepare`` (from :mod:`qafl_core.data.prepare`).
+
+``qafl data describe NAME [--root DIR] [--option key=value ...] [--json]`` loads a dataset through
+:func:`qafl_core.data.registry.load_dataset` and prints its statistics (LEAF ``stats.sh`` style: clients,
+samples, mean/std samples per client) plus provenance (source, LEAF flags, seeds).  Errors are raised as
+ValueError/FileNotFoundError; the ``qafl`` dispatcher prints them as one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from qafl_core.data.registry import DATASETS, load_dataset
+
+_MAX_INFO_ITEMS = 25  # per-writer maps (e.g. 300 writers of a FEMNIST merge) are summarised, not printed
+
+
+def _parse_value(text: str) -> Any:
+    # JSON first so that numbers, booleans, lists and null keep their types; anything else is a string.
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``; a pair without ``=`` is a ValueError."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option expects key=value, got {pair!r}")
+        out[key.strip().replace("-", "_")] = _parse_value(value)
+    return out
+
+
+def _summarise(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) > _MAX_INFO_ITEMS:
+            return f"<{len(value)} entries omitted>"
+        return {str(k): _summarise(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if len(value) > _MAX_INFO_ITEMS:
+            return f"<{len(value)} entries omitted>"
+        return [_summarise(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def describe(args: argparse.Namespace) -> int:
+    """Load the dataset and print its statistics (table, or one JSON object with ``--json``)."""
+    options = parse_options(args.option)
+    for flag, key in (("merge", "merge"), ("num_clients", "num_clients"), ("seed", "seed"), ("validation", "validation")):
+        value = getattr(args, flag, None)
+        if value not in (None, False):
+            options[key] = value
+    ds = load_dataset(args.name, args.root, **options)
+    report = {**ds.stats(), "dataset": args.name, "default_model": DATASETS[args.name]["model"],
+              "description": DATASETS[args.name]["description"], "root": args.root, "options": options,
+              "info": _summarise(ds.info)}
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        if key == "info":
+            continue
+        if isinstance(value, float):
+            value = f"{value:.2f}"
+        print(f"{key:<{width}}  {value}")
+    print("info:")
+    for key, value in report["info"].items():
+        print(f"  {key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``data describe`` and the ``data prepare`` group to the ``qafl`` parser."""
+    data = subparsers.add_parser("data", help="describe or prepare datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    data_sub.required = True
+
+    d = data_sub.add_parser("describe", help="print statistics of a dataset (clients, samples per client, ...)")
+    d.add_argument("name", help=f"dataset name: {', '.join(DATASETS)}")
+    d.add_argument("--root", default=None, help="data directory (default: see each dataset; uses $QAFL_DATA_DIR)")
+    d.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="loader option, repeatable (e.g. --option sf=0.5); values parsed as JSON when possible")
+    d.add_argument("--merge", action="store_true", help="femnist: merge every LEAF sample under --root")
+    d.add_argument("--num-clients", type=int, default=None, help="mnist/fmnist/cifar10: number of i.i.d. shards")
+    d.add_argument("--seed", type=int, default=None, help="shuffle seed (vision) or generator seed (synthetic)")
+    d.add_argument("--validation", type=int, default=None, help="vision: hold out this many train samples for evaluation")
+    d.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    d.set_defaults(func=describe)
+
+    # ---- `qafl data prepare ...`: sub-commands are registered by qafl_core.data.prepare (other module owner).
+    prepare = data_sub.add_parser("prepare", help="build LEAF data (run LEAF's pipeline) from raw sources")
+    prepare_sub = prepare.add_subparsers(dest="prepare_command", metavar="DATASET")
+    prepare_sub.required = True
+    try:
+        from qafl_core.data.prepare import register_prepare
+    except ModuleNotFoundError as exc:  # the module may not exist yet; only then is the group left empty
+        if exc.name != "qafl_core.data.prepare":
+            raise
+    else:
+        register_prepare(prepare_sub)

@@ -1,0 +1,151 @@
+"""LEAF's Synthetic dataset: a re-implementation of ``data/synthetic/{main,data_generator}.py``.
+
+Generative process of LEAF (Caldas et al., 2018; docs/DATA.md §1.6), reproduced draw for draw with local
+``np.random.RandomState`` instances (LEAF seeds numpy's global state; we never touch it):
+
+1. stream A = RandomState(seed): samples per user ``min(int(lognormal(3, 2)) + 5, 1000)``;
+2. stream B = RandomState(seed) again (LEAF re-seeds inside its dataset object): ``Q ~ N(0,1)`` of shape
+   (dim+1, classes, clusters), ``Σ = diag((i+1)^-1.2)``, per cluster ``loc ~ N(0,1)`` then mean ~ N(loc, 1);
+3. per user, still from B: cluster ``choice(p=prob_clusters)``; ``B_u ~ N(0,1)``; feature means ~ N(B_u, 1);
+   ``x ~ N(mean, Σ)`` (numpy's SVD-based multivariate normal) with a constant 1 prepended; ``u ~ N(cluster
+   mean, 0.1²)``; ``W = Q·u``; logits ``x·W + ε``, ``ε ~ N(0, 0.1²)``; the bias column is then dropped.
+
+LEAF quirk kept on purpose: its "softmax" divides ``exp(logits)`` by the sum over *samples* (Python
+``sum`` over the rows), not over classes, and the label is the row-wise argmax of that.  This is what
+produced LEAF's published Synthetic data, so it is reproduced exactly (DATA.md's summary says "argmax
+softmax", which the code does not compute).
+
+Then LEAF's ``preprocess.sh -s niid --sf 1.0 -k 5 -t sample --tf 0.6`` is applied (:mod:`qafl_core.data.leaf`).
+LEAF takes those seeds from the clock; our fixed defaults are ``smplseed = seed`` and ``spltseed = seed + 1``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from qafl_core.data.federated import FederatedDataset
+from qafl_core.data.leaf import leaf_to_federated, run_pipeline
+
+
+def generate_synthetic(num_tasks: int = 1000, num_classes: int = 5, num_dim: int = 60, seed: int = 931231,
+                       prob_clusters: Sequence[float] = (1.0,)) -> dict:
+    """LEAF's ``all_data/data.json`` for Synthetic, as a LEAF object (x lists of float, y int; users "0".."N-1").
+
+    Raises:
+        ValueError: non-positive sizes or cluster probabilities that are not a distribution.
+    """
+    if num_tasks < 1 or num_classes < 2 or num_dim < 1:
+        raise ValueError(f"synthetic: need num_tasks >= 1, num_classes >= 2, num_dim >= 1 "
+                         f"(got {num_tasks}, {num_classes}, {num_dim})")
+    p = np.asarray(prob_clusters, dtype=np.float64)
+    if p.ndim != 1 or len(p) == 0 or (p < 0).any() or abs(p.sum() - 1.0) > 1e-8:
+        raise ValueError(f"synthetic: prob_clusters must be non-negative and sum to 1, got {list(prob_clusters)}")
+    counts = _sample_counts(num_tasks, seed)
+
+    rs = np.random.RandomState(seed)  # LEAF re-seeds here, so Q starts from the same state as the counts
+    k = len(p)
+    q = rs.normal(0.0, 1.0, size=(num_dim + 1, num_classes, k))
+    # Python float pow, as LEAF: numpy's vectorised pow can differ in the last bit and shift every x.
+    sigma = np.diag([(i + 1) ** -1.2 for i in range(num_dim)])
+    factor = _mvn_factor(sigma)
+    means = []
+    for _ in range(k):
+        loc = rs.normal(0, 1.0, size=None)
+        means.append(rs.normal(loc, 1.0, size=k))
+
+    users, user_data = [], {}
+    for i, n in enumerate(counts):
+        c = rs.choice(range(k), size=None, replace=True, p=p)
+        b = rs.normal(0.0, 1.0, size=None)
+        mu = rs.normal(b, 1.0, size=num_dim)
+        x = np.ones((n, num_dim + 1))
+        x[:, 1:] = _mvn(rs, mu, factor, n)
+        u = rs.normal(means[c], 0.1, size=means[c].shape)
+        w = np.matmul(q, u)
+        logits = np.matmul(x, w) + rs.normal(0.0, 0.1, size=(n, num_classes))
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.exp(logits)
+            prob = e / sum(e)  # LEAF's column-wise normalisation (see module docstring)
+        y = np.argmax(prob, axis=1)
+        uid = str(i)
+        users.append(uid)
+        user_data[uid] = {"x": x[:, 1:].tolist(), "y": y.tolist()}
+    return {"users": users, "num_samples": [len(user_data[u]["y"]) for u in users], "user_data": user_data}
+
+
+def _mvn_factor(cov: np.ndarray) -> np.ndarray:
+    """The matrix RandomState.multivariate_normal multiplies standard normals by (its SVD method)."""
+    _, s, v = np.linalg.svd(cov)
+    return np.sqrt(s)[:, None] * v
+
+
+def _mvn(rs: np.random.RandomState, mean: np.ndarray, factor: np.ndarray, n: int) -> np.ndarray:
+    """Same draws and arithmetic as ``rs.multivariate_normal(mean, cov, n)`` (legacy RandomState, whose
+    streams numpy keeps stable), with the SVD of the fixed Σ done once instead of once per user: 1000
+    SVDs dominated the run time on a busy machine.  tests/test_synthetic.py checks the equality."""
+    x = rs.standard_normal((n, len(mean)))
+    x = np.dot(x, factor)
+    x += mean
+    return x
+
+
+def _sample_counts(num_tasks: int, seed: int) -> list[int]:
+    """Samples per user: ``min(int(lognormal(3, 2)) + 5, 1000)`` from a fresh RandomState(seed)."""
+    raw = np.random.RandomState(seed).lognormal(3, 2, num_tasks).astype(int)
+    return [int(min(s + 5, 1000)) for s in raw]
+
+
+def _cache_file(cache_dir: str | os.PathLike, key: str) -> Path:
+    return Path(cache_dir) / f"synthetic_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def load_synthetic(num_tasks: int = 1000, num_classes: int = 5, num_dim: int = 60, seed: int = 931231,
+                   sf: float = 1.0, k: int = 5, tf: float = 0.6, smplseed: int | None = None,
+                   spltseed: int | None = None, prob_clusters: Sequence[float] = (1.0,),
+                   cache_dir: str | os.PathLike | None = None) -> FederatedDataset:
+    """Generate LEAF Synthetic and run LEAF's ``-s niid --sf SF -k K -t sample --tf TF`` on it.
+
+    Args:
+        num_tasks, num_classes, num_dim, seed, prob_clusters: generator parameters (LEAF defaults).
+        sf, k, tf: LEAF pipeline flags (defaults = LEAF's suggested ``--sf 1.0 -k 5 --tf 0.6``).
+        smplseed, spltseed: pipeline seeds; None -> ``seed`` and ``seed + 1``.
+        cache_dir: optional directory for a ``torch.save`` cache keyed by every argument.
+
+    Returns:
+        FederatedDataset: x float32 ``(N, num_dim)``, y int64, clients in LEAF's sorted (string) id order.
+    """
+    smplseed = seed if smplseed is None else int(smplseed)
+    spltseed = seed + 1 if spltseed is None else int(spltseed)
+    args = dict(num_tasks=num_tasks, num_classes=num_classes, num_dim=num_dim, seed=seed,
+                prob_clusters=[float(v) for v in prob_clusters])
+    flags = dict(sf=sf, k=k, tf=tf, smplseed=smplseed, spltseed=spltseed)
+    key = repr(sorted({**args, **flags}.items()))
+    if cache_dir is not None and _cache_file(cache_dir, key).is_file():
+        return FederatedDataset(**torch.load(_cache_file(cache_dir, key), weights_only=False))
+
+    raw = generate_synthetic(**args)
+    trains, tests, meta = run_pipeline([raw], "niid", sf=sf, k=k, split="sample", tf=tf,
+                                       smplseed=smplseed, spltseed=spltseed)
+    train, test = trains[0], tests[0]
+    order = sorted(train["users"])  # LEAF's model-side reader sorts user ids
+    train = {"users": order, "user_data": train["user_data"]}
+    test = {"users": order, "user_data": test["user_data"]}
+    info = {"source": "LEAF synthetic generator (re-implemented, seeded RandomState)", "generator": args,
+            "leaf_flags": meta, "all_data_users": num_tasks, "all_data_samples": sum(raw["num_samples"])}
+
+    def x_fn(xs: list) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(xs, dtype=np.float32).reshape(-1, num_dim))
+
+    def y_fn(ys: list) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(ys, dtype=np.int64))
+
+    ds = leaf_to_federated(train, test, "synthetic", x_fn, y_fn, num_classes, info)
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        torch.save(ds.__dict__, _cache_file(cache_dir, key))
+    return ds

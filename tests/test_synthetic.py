@@ -1,0 +1,97 @@
+"""LEAF Synthetic generator and its default LEAF pipeline (docs/DATA.md §1.6)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from qafl_core.data.synthetic import generate_synthetic, load_synthetic
+
+
+@pytest.fixture(scope="module")
+def default_ds():
+    t0 = time.perf_counter()
+    ds = load_synthetic()
+    return ds, time.perf_counter() - t0
+
+
+def test_small_generator_matches_pinned_leaf_values():
+    # Pinned from a run that was compared bit for bit with LEAF's data_generator.py (seed 931231).
+    g = generate_synthetic(5, 5, 60, 931231)
+    assert g["users"] == ["0", "1", "2", "3", "4"]
+    assert g["num_samples"] == [86, 33, 52, 6, 11]
+    assert g["user_data"]["0"]["y"][:12] == [1, 3, 4, 2, 2, 3, 2, 1, 3, 2, 0, 1]
+    assert g["user_data"]["0"]["x"][0][:3] == pytest.approx([-1.6807978879224568, 2.346998585998564,
+                                                             -1.3534158826589078], abs=0, rel=1e-15)
+    assert all(len(row) == 60 for row in g["user_data"]["3"]["x"])
+
+
+def test_sample_counts_follow_lognormal_rule():
+    g = generate_synthetic(300, 3, 4, seed=7)
+    expect = [min(int(s) + 5, 1000) for s in np.random.RandomState(7).lognormal(3, 2, 300).astype(int)]
+    assert g["num_samples"] == expect and max(expect) == 1000  # the cap is reached for seed 7
+    assert {y for u in g["users"] for y in g["user_data"][u]["y"]} <= {0, 1, 2}
+
+
+def test_deterministic_and_seed_sensitive():
+    a, b = generate_synthetic(20, 5, 10, seed=1), generate_synthetic(20, 5, 10, seed=1)
+    assert a == b
+    assert generate_synthetic(20, 5, 10, seed=2) != a
+    multi = generate_synthetic(20, 5, 10, seed=1, prob_clusters=(0.5, 0.5))
+    assert multi["num_samples"] == a["num_samples"] and multi != a  # same counts stream, other clusters
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="prob_clusters"):
+        generate_synthetic(5, prob_clusters=(0.5, 0.4))
+    with pytest.raises(ValueError, match="num_tasks"):
+        generate_synthetic(0)
+
+
+def test_default_dataset_matches_leaf_table1(default_ds):
+    ds, seconds = default_ds
+    s = ds.stats()
+    # LEAF Table 1: 1,000 users, 107,553 samples, 107.55 ± 213.22 per user.
+    assert (s["num_clients"], s["num_samples"]) == (1000, 107553)
+    assert s["samples_per_client_mean"] == pytest.approx(107.553)
+    assert s["samples_per_client_std"] == pytest.approx(213.22, abs=0.01)
+    assert ds.x_train.shape == (64153, 60) and ds.x_train.dtype == torch.float32
+    assert ds.y_train.dtype == torch.int64 and ds.num_classes == 5
+    assert ds.client_ids == sorted(ds.client_ids) and ds.client_ids[:3] == ["0", "1", "10"]
+    assert seconds < 20  # "a few seconds" (about 1 s unloaded); generous for a busy CI box
+    info = ds.info["leaf_flags"]
+    assert (info["s"], info["sf"], info["k"], info["t"], info["tf"]) == ("niid", 1.0, 5, "sample", 0.6)
+    assert (info["smplseed"], info["spltseed"]) == (931231, 931232)
+
+
+def test_split_is_leaf_tf_06(default_ds):
+    ds, _ = default_ds
+    total = ds.train_counts() + ds.test_counts()
+    expect = torch.tensor([max(1, int(0.6 * n)) for n in total.tolist()])
+    assert torch.equal(ds.train_counts(), expect)
+    assert int(ds.test_counts().min()) >= 1
+
+
+def test_pipeline_seeds_change_split_not_data(tmp_path):
+    a = load_synthetic(num_tasks=30, spltseed=1)
+    b = load_synthetic(num_tasks=30, spltseed=2)
+    assert torch.equal(a.train_counts(), b.train_counts())
+    assert not torch.equal(a.x_train, b.x_train)
+    c = load_synthetic(num_tasks=30, spltseed=1, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("synthetic_*.pt"))) == 1
+    d = load_synthetic(num_tasks=30, spltseed=1, cache_dir=tmp_path)  # from the cache
+    assert torch.equal(a.x_train, c.x_train) and torch.equal(c.x_train, d.x_train) and c.client_ids == d.client_ids
+    assert d.info == c.info
+
+
+def test_cached_factor_equals_numpy_multivariate_normal():
+    from qafl_core.data.synthetic import _mvn, _mvn_factor
+    cov = np.diag([(i + 1) ** -1.2 for i in range(60)])
+    factor = _mvn_factor(cov)
+    for n, seed in ((1, 0), (7, 1), (300, 2)):
+        mean = np.random.RandomState(seed + 100).normal(size=60)
+        ours = _mvn(np.random.RandomState(seed), mean, factor, n)
+        ref = np.random.RandomState(seed).multivariate_normal(mean=mean, cov=cov, size=n)
+        assert np.array_equal(ours, ref)
