@@ -55,6 +55,7 @@ def test_merge_keeps_each_writer_once_first_sorted_sample_wins(tmp_path):
     assert ds.client_ids == ["w1", "w2", "w3"]
     assert ds.info["writer_source"] == {"w2": "a_sample", "w3": "a_sample", "w1": "b_sample"}
     assert ds.info["duplicate_writers_dropped"] == 1
+    assert [s["writers_kept"] for s in ds.info["merged_samples"]] == [2, 1]
     assert ds.train_counts().tolist() == [4, 6, 3]  # w2 from a_sample (6 train), not b_sample (2)
     listed = load_femnist([tmp_path / "b_sample", tmp_path / "a_sample"])
     assert torch.equal(listed.x_train, ds.x_train)
@@ -111,3 +112,4 @@ def test_real_femnist_merge_300_writers():
     assert ds.info["duplicate_writers_dropped"] == 20  # 9 + 3 + 8 pairwise overlaps (SOURCE.md)
     assert (len(ds.y_train), len(ds.y_test)) == (41202, 4730)
     assert sorted(s["writers"] for s in ds.info["merged_samples"]) == [105, 105, 110]
+    assert sum(s["writers_kept"] for s in ds.info["merged_samples"]) == 300

@@ -142,6 +142,8 @@ def load_femnist(root: str | os.PathLike | list | None = None, merge: bool = Fal
                 owner[u] = d.name
                 train["user_data"][u], test["user_data"][u] = tr["user_data"][u], te["user_data"][u]
         train["users"] = test["users"] = sorted(owner)
+        for d, inf in zip(dirs, infos):
+            inf["writers_kept"] = sum(1 for src in owner.values() if src == d.name)
         info.update({"merged_samples": infos, "duplicate_writers_dropped": dropped, "writer_source": owner,
                      "num_samples_mismatch": {"train": sum(t["num_samples_mismatch"] for t in trains),
                                               "test": sum(t["num_samples_mismatch"] for t in tests)}})
