@@ -33,6 +33,14 @@ def test_registry_models_and_names():
         load_dataset("synthetic", sff=1.0)
 
 
+def test_missing_loader_module_is_a_clean_error(monkeypatch):
+    import qafl_core.data.registry as reg
+    monkeypatch.setitem(reg.DATASETS, "ghost", {"model": "x", "loader": "qafl_core.data.ghost_loader:load",
+                                                "subdir": None, "description": "test only"})
+    with pytest.raises(ValueError, match="ghost: its loader qafl_core.data.ghost_loader is not available"):
+        load_dataset("ghost")
+
+
 def test_default_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("QAFL_DATA_DIR", str(tmp_path))
     assert default_data_root("mnist") == str(tmp_path / "mnist")

@@ -56,7 +56,15 @@ def _entry(name: str) -> dict[str, Any]:
 
 def _loader(name: str) -> Callable[..., FederatedDataset]:
     module, func = _entry(name)["loader"].split(":")
-    return getattr(importlib.import_module(module), func)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:  # a missing dependency inside the loader is a real error
+            raise
+        raise ValueError(f"{name}: its loader {module} is not available in this installation") from None
+    if not hasattr(mod, func):
+        raise ValueError(f"{name}: {module} has no loader function {func!r}")
+    return getattr(mod, func)
 
 
 def dataset_options(name: str) -> list[str]:
