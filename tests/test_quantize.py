@@ -1,0 +1,307 @@
+"""Property tests of qafl_core.quantize (in the style of fedjax's compression tests).
+
+Identity is exact; the lattice is the identity on grid points for any key inside the window, errs by
+at most eps/2 inside it and counts every wrapped coordinate outside it; QSGD and the dithered lattice
+are unbiased (Monte Carlo over seeded messages, tolerance from the exact variance); bit counts are
+exact; messages are a function of the generator seed only; bad parameters name their field.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qafl_core import quantize as qz
+from qafl_core.quantize import Decoded, Message, Quantizer, make_quantizer
+
+
+def gen(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def ulp_bound(x: torch.Tensor) -> torch.Tensor:
+    """Half a float32 ulp of |x| (generously), the float32 output's rounding."""
+    return x.abs() * 2.0 ** -24 + 1e-30
+
+
+def grid(k: torch.Tensor, eps: float) -> torch.Tensor:
+    return (k.to(torch.float64) * eps).to(torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------- identity
+def test_identity_is_exact_and_owns_its_tensors():
+    q = make_quantizer("identity")
+    assert isinstance(q, Quantizer) and q.bits_per_coord == 32 and not q.needs_key
+    x = torch.randn(1000, generator=gen(0))
+    msg = q.encode(x, None)
+    assert msg.bits == 32 * 1000 and msg.numel == 1000
+    x_orig = x.clone()
+    x.add_(1.0)                                   # sender changes its vector after sending
+    out = q.decode(msg, None)
+    assert isinstance(out, Decoded) and out.failures == 0
+    assert torch.equal(out.value, x_orig)
+    out.value.mul_(0)                             # receiver mutates what it got
+    assert torch.equal(q.decode(msg, None).value, x_orig)
+
+
+# ---------------------------------------------------------------------------------------------- lattice
+@pytest.mark.parametrize("bits", [2, 8, 12, 32])
+def test_lattice_is_identity_on_grid_points_for_any_key_in_window(bits):
+    eps = 1e-4
+    q = make_quantizer("lattice", bits, eps)
+    k = torch.randint(-1_000_000, 1_000_000, (5000,), generator=gen(1))
+    x = grid(k, eps)
+    msg = q.encode(x)
+    assert torch.equal(msg.check.long(), k)
+    assert int(msg.payload["codes"].min()) >= (0 if bits < 32 else -2 ** 31)
+    assert bits == 32 or int(msg.payload["codes"].max()) < 2 ** bits
+    half = min(q.window, 1e3) * 0.9                                 # margin > float32 ulp of the key
+    key = x.double() + (torch.rand(5000, generator=gen(2), dtype=torch.float64) * 2 - 1) * half
+    out = q.decode(msg, key.float())
+    assert out.failures == 0
+    assert torch.equal(out.value, x)
+
+
+def test_lattice_rounds_half_to_even_like_torch_round_and_matches_paper_formula():
+    eps, bits = 0.5, 4                             # eps a power of 2: x/eps is exact, ties are real ties
+    q = make_quantizer("lattice", bits, eps)
+    x = torch.tensor([0.25, 0.75, -0.25, -0.75, 1.25, 3.0, -7.9])
+    msg = q.encode(x)
+    assert msg.check.tolist() == torch.round(x / eps).long().tolist() == [0, 2, 0, -2, 2, 6, -16]
+    assert msg.payload["codes"].tolist() == [0, 2, 0, 14, 2, 6, 0]
+    y = x + torch.tensor([1.9, -1.9, 0.3, 0.0, -1.0, 1.5, 1.2])
+    c = msg.payload["codes"].double()
+    paper = q.q * eps * torch.round(y.double() / (q.q * eps) - c / q.q) + eps * c    # PAPER.md §3.2
+    assert torch.equal(q.decode(msg, y).value, paper.float())
+
+
+@pytest.mark.parametrize("bits,eps", [(8, 1e-4), (12, 1e-4), (14, 1e-3), (3, 0.1)])
+def test_lattice_error_at_most_half_eps_inside_window(bits, eps):
+    q = make_quantizer("lattice", bits, eps)
+    x = torch.randn(20_000, generator=gen(3)) * 0.5
+    msg = q.encode(x)
+    m_ref = np.round(x.numpy().astype(np.float64) / eps)        # exact half-to-even rounding of x/eps
+    assert np.array_equal(msg.check.numpy(), m_ref)
+    reach = (q.window - eps / 2) * 0.999                       # |key - x| < window - eps/2 => |key - eps m| < window
+    key = (x.double() + (torch.rand(20_000, generator=gen(4), dtype=torch.float64) * 2 - 1) * reach).float()
+    out = q.decode(msg, key)
+    assert out.failures == 0
+    assert bool(((out.value - x).abs() <= eps / 2 * (1 + 1e-9) + ulp_bound(x)).all())
+    assert torch.equal(out.value, grid(torch.from_numpy(m_ref), eps))
+
+
+@pytest.mark.parametrize("dithered", [False, True])
+def test_lattice_counts_failures_exactly_outside_window(dithered):
+    eps, bits, n = 1e-3, 6, qz._CHUNK + 3000                    # spans two work chunks
+    name = "dithered_lattice" if dithered else "lattice"
+    q = make_quantizer(name, bits, eps)
+    x = torch.randn(n, generator=gen(5)) * 0.1
+    msg = q.encode(x, gen(6))
+    wrong = torch.randperm(n, generator=gen(7))[:137]
+    key = x.clone()
+    shift = torch.tensor([1.0, -1.0]).repeat(69)[:137] * (q.window + 2 * eps)
+    shift *= 1 + torch.rand(137, generator=gen(8)) * 5                          # off by 1..6 windows
+    key[wrong] += shift
+    out = q.decode(msg, key)
+    assert out.failures == 137
+    bad = torch.zeros(n, dtype=torch.bool)
+    bad[wrong] = True
+    err = (out.value - x).double()
+    assert bool((err[~bad].abs() <= eps / 2 + 1e-7).all())
+    laps = err[bad] / (q.q * eps)                                 # wrapped by a non-zero multiple of q*eps
+    assert bool((laps.abs() > 0.5).all()) and bool(((laps - laps.round()).abs() < 0.02).all())
+    no_oracle = Message(msg.payload, msg.bits, msg.numel, check=None)
+    assert q.decode(no_oracle, key).failures == 0               # nothing to count against
+
+
+def test_lattice_decodes_against_zero_when_key_is_none():
+    q = make_quantizer("lattice", 10, 1e-4)                       # window 0.0512
+    x = torch.tensor([0.01, -0.05, 0.0, 0.06])
+    out = q.decode(q.encode(x), None)
+    assert out.failures == 1
+    assert torch.allclose(out.value[:3], x[:3], atol=5e-5)
+
+
+def test_lattice_large_values_decode():
+    eps, bits = 1e-4, 14
+    q = make_quantizer("lattice", bits, eps)
+    x = (torch.rand(50_000, generator=gen(9)) * 2 - 1) * 1e3
+    x[:4] = torch.tensor([1e3, -1e3, 999.99995, -0.00005])
+    key = x + (torch.rand(50_000, generator=gen(10)) * 2 - 1) * 0.8
+    out = q.decode(q.encode(x), key)
+    assert out.failures == 0
+    assert bool(((out.value - x).abs() <= eps / 2 + ulp_bound(x) * 1.0001).all())
+    k = torch.randint(-10_000_000, 10_000_000, (50_000,), generator=gen(11))   # grid points up to |x| = 1e3
+    xg = grid(k, eps)
+    assert torch.equal(q.decode(q.encode(xg), xg + 0.5).value, xg)
+
+
+@pytest.mark.parametrize("bits", [12, 32])
+def test_lattice_integers_beyond_int32(bits):
+    eps = 1e-7
+    q = make_quantizer("lattice", bits, eps)
+    x = torch.tensor([1e3, -2e3, 0.5, 3e2])                       # |x|/eps up to 2e10 > 2**31
+    msg = q.encode(x)
+    assert msg.check.dtype == torch.int64 and msg.payload["codes"].dtype == torch.int32
+    out = q.decode(msg, x + 1e-5)
+    assert out.failures == 0
+    assert bool(((out.value - x).abs() <= eps / 2 + ulp_bound(x)).all())
+
+
+# ---------------------------------------------------------------------------------------------- dithered
+def test_dithered_lattice_is_unbiased_and_error_at_most_eps():
+    eps, n, trials = 1e-3, 64, 1500
+    q = make_quantizer("dithered_lattice", 8, eps)
+    x = (torch.rand(n, generator=gen(12)) - 0.5) * 0.02
+    outs = [q.decode(q.encode(x, gen(1000 + t)), x) for t in range(trials)]
+    assert all(o.failures == 0 for o in outs)
+    err = (torch.stack([o.value for o in outs]) - x).double()
+    assert bool((err.abs() <= eps / 2 + 1e-8).all())              # <= eps/2 (+ float32 output rounding)
+    sd = eps / math.sqrt(12 * trials)                             # error ~ U[-eps/2, eps/2]
+    assert float(err.mean(0).abs().max()) < 5 * sd
+    # the plain lattice is biased on the same points: the test can tell the difference
+    plain = make_quantizer("lattice", 8, eps)
+    bias = (plain.decode(plain.encode(x), x).value - x).double().abs().max()
+    assert float(bias) > 20 * sd
+
+
+# ---------------------------------------------------------------------------------------------- qsgd
+@pytest.mark.parametrize("bucket,segments", [(None, [20, 44]), (8, None), (5, [7, 3, 54])])
+def test_qsgd_unbiased_within_range_and_on_k_levels(bucket, segments):
+    bits, n, trials = 2, 64, 1000
+    k = 2 ** bits
+    q = make_quantizer("qsgd", bits, bucket=bucket, segments=segments)
+    x = torch.randn(n, generator=gen(13))
+    lo_c, hi_c, unit_c = torch.empty(n), torch.empty(n), torch.empty(n)
+    start = 0
+    for seg in segments or [n]:                                    # reference bucket ranges
+        size = bucket or seg
+        for a in range(start, start + seg, size):
+            b = min(a + size, start + seg)
+            lo_c[a:b], hi_c[a:b] = x[a:b].min(), x[a:b].max()
+            unit_c[a:b] = (x[a:b].max() - x[a:b].min()) / (k - 1)
+        start += seg
+    v = torch.stack([q.decode(q.encode(x, gen(2000 + t)), None).value for t in range(trials)])
+    assert bool((v >= lo_c).all() and (v <= hi_c).all())
+    lvl = (v - lo_c) / unit_c
+    assert bool(((lvl - lvl.round()).abs() < 1e-4).all())       # on the k-level grid of its bucket
+    frac = ((x - lo_c) / unit_c).double()
+    frac -= frac.floor()
+    sd = (unit_c.double() * (frac * (1 - frac)).sqrt() / math.sqrt(trials)).clamp_min(1e-7)
+    assert bool(((v.double().mean(0) - x.double()).abs() <= 6 * sd + 1e-6).all())
+
+
+def test_qsgd_constant_segments_and_one_bit():
+    q = make_quantizer("qsgd", 1, segments=[5, 5])
+    x = torch.tensor([2.0] * 5 + [0.0, 1.0, 0.25, 0.5, 1.0])
+    msg = q.encode(x, gen(0))
+    assert msg.bits == 10 + 2 * 64
+    assert int(msg.payload["codes"].max()) <= 1 and int(msg.payload["codes"].min()) >= 0
+    v = q.decode(msg, None).value
+    assert torch.equal(v[:5], x[:5])                                # constant segment: exact
+    assert set(v[5:].tolist()) <= {0.0, 1.0}                        # b = 1: two levels, min and max
+    assert v[5] == 0.0 and v[6] == 1.0 and v[9] == 1.0              # the extremes are levels
+
+
+@pytest.mark.parametrize("bits", [4, 16, 24, 32])
+def test_qsgd_matches_reference_decoding_on_chunked_layouts(bits):
+    d = 2 * qz._CHUNK + 777                                      # one bucket larger than a work chunk
+    for bucket, segments in [(None, None), (None, [3, 1, 1000, d - 1004]), (100_003, None), (7, [5, d - 5])]:
+        q = make_quantizer("qsgd", bits, bucket=bucket, segments=segments)
+        x = torch.randn(d, generator=gen(14))
+        msg = q.encode(x, gen(15))
+        codes = msg.payload["codes"].long() & (2 ** bits - 1 if bits < 32 else 0xFFFFFFFF)
+        lo, hi = msg.payload["min"].double(), msg.payload["max"].double()
+        sizes = q._plan(d)[0]
+        per = torch.tensor([s for _, c, s in sizes for _ in range(c)])
+        assert per.numel() == lo.numel() and int(per.sum()) == d
+        assert msg.bits == bits * d + 64 * lo.numel()
+        lo_e, hi_e = lo.repeat_interleave(per), hi.repeat_interleave(per)
+        unit = (hi_e - lo_e) / (2 ** bits - 1)
+        assert bool((x.double() >= lo_e).all() and (x.double() <= hi_e).all())
+        ref = lo_e + codes.double() * unit
+        v = q.decode(msg, None).value.double()
+        tol = 2e-7 * (hi_e.abs() + lo_e.abs()) + 1e-12
+        assert bool(((v - ref).abs() <= tol).all()) and bool((v <= hi_e).all())
+        assert bool(((v - x.double()).abs() <= unit + tol).all())   # every coordinate was quantized
+
+
+# ---------------------------------------------------------------------------------------------- bits, seeds
+@pytest.mark.parametrize("d", [1, 10, 1000, 4097])
+@pytest.mark.parametrize("bits", [1, 7, 12, 32])
+def test_bit_counts_are_exact(d, bits):
+    x = torch.randn(d, generator=gen(16))
+    assert make_quantizer("lattice", bits).encode(x).bits == bits * d
+    assert make_quantizer("dithered_lattice", bits).encode(x, gen(0)).bits == bits * d + 64
+    for bucket in (None, 1, 3, 128, 5000):
+        nb = math.ceil(d / bucket) if bucket else 1
+        assert make_quantizer("qsgd", bits, bucket=bucket).encode(x, gen(0)).bits == bits * d + 64 * nb
+    if d >= 10:
+        segs = [3, 0, 4, d - 7]
+        nb = 1 + 0 + 1 + math.ceil((d - 7) / 4) if d > 7 else 2
+        assert make_quantizer("qsgd", bits, bucket=4, segments=segs).encode(x, gen(0)).bits == bits * d + 64 * nb
+        assert make_quantizer("qsgd", bits, segments=segs).encode(x, gen(0)).bits == bits * d + 64 * 3
+
+
+@pytest.mark.parametrize("name", ["qsgd", "dithered_lattice", "lattice", "identity"])
+def test_messages_depend_only_on_the_generator_seed(name):
+    q = make_quantizer(name, 32 if name == "identity" else 6, 1e-2, bucket=16)
+    x = torch.randn(500, generator=gen(17))
+    a, b, c = q.encode(x, gen(42)), q.encode(x, gen(42)), q.encode(x, gen(43))
+    assert a.bits == b.bits == c.bits
+    assert a.payload.keys() == b.payload.keys()
+    assert all(torch.equal(a.payload[k], b.payload[k]) for k in a.payload)
+    same = all(torch.equal(a.payload[k], c.payload[k]) for k in a.payload)
+    assert same == (name in ("lattice", "identity"))
+    assert torch.equal(q.decode(a, x).value, q.decode(b, x).value)
+
+
+def test_encode_uses_no_global_rng():
+    q = make_quantizer("qsgd", 4)
+    x = torch.randn(100, generator=gen(18))
+    state = torch.get_rng_state()
+    q.encode(x, gen(1))
+    make_quantizer("dithered_lattice", 4).encode(x, gen(1))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(name="lattic"), "name"), (dict(name="lattice", bits=0), "bits"),
+    (dict(name="lattice", bits=33), "bits"), (dict(name="qsgd", bits=2.5), "bits"),
+    (dict(name="qsgd", bits=True), "bits"), (dict(name="identity", bits=8), "bits"),
+    (dict(name="lattice", eps=0.0), "eps"), (dict(name="lattice", eps=-1e-4), "eps"),
+    (dict(name="lattice", eps=math.nan), "eps"),
+    (dict(name="qsgd", bucket=0), "bucket"), (dict(name="qsgd", bucket=-4), "bucket"),
+    (dict(name="qsgd", segments=[3, -1]), "segments"),
+])
+def test_bad_parameters_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        make_quantizer(**kwargs)
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randn(10, generator=gen(19))
+    with pytest.raises(ValueError, match="^generator:"):
+        make_quantizer("qsgd", 4).encode(x)
+    with pytest.raises(ValueError, match="^generator:"):
+        make_quantizer("dithered_lattice", 4).encode(x, None)
+    with pytest.raises(ValueError, match="^x:"):
+        make_quantizer("lattice", 4).encode(x.double())
+    with pytest.raises(ValueError, match="^x:"):
+        make_quantizer("lattice", 4).encode(x.view(2, 5))
+    with pytest.raises(ValueError, match="^x:"):
+        make_quantizer("qsgd", 4, segments=[4, 5]).encode(x, gen(0))
+    with pytest.raises(ValueError, match="^x:"):
+        make_quantizer("lattice", 4).encode(torch.tensor([1.0, math.inf]))
+    with pytest.raises(ValueError, match="^x:"):
+        make_quantizer("dithered_lattice", 4).encode(torch.tensor([1.0, math.nan, 2.0]), gen(0))
+    with pytest.raises(ValueError, match="^x:"):
+        make_quantizer("qsgd", 4).encode(torch.tensor([1.0, math.nan]), gen(0))
+    q = make_quantizer("lattice", 4)
+    with pytest.raises(ValueError, match="^key:"):
+        q.decode(q.encode(x), x[:5])
