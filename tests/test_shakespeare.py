@@ -153,6 +153,7 @@ def test_leaf_dir_errors(tmp_path):
         sh.load_shakespeare(root=str(tmp_path))
 
 
+@pytest.mark.realdata
 def test_real_leaf_split():
     base = os.environ.get("QAFL_DATA_DIR")
     if not base:
