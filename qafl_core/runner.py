@@ -111,7 +111,7 @@ class _Recorder:
 def _evaluate(sim, rec: _Recorder) -> bool:
     """Record test and simulator metrics; False when the model has diverged."""
     metrics = sim.task.evaluate(sim.server)
-    if hasattr(sim.task, "evaluate_mean_model") and hasattr(sim, "clients"):
+    if hasattr(sim.task, "evaluate_mean_model") and getattr(sim, "clients", None) is not None:
         rec.add(sim, "mean_model", sim.task.evaluate_mean_model(sim))
     rec.add(sim, "test", metrics)
     rec.add(sim, "sim", sim.sim_metrics())
