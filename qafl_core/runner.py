@@ -186,7 +186,12 @@ def _loop(cfg: RunConfig, sim, out: Path | None, resume: bool, every: float | No
                 _save_checkpoint(out / "checkpoint.pt", cfg, sim, rec, next_eval, next_ckpt)
             try:
                 sim.step()
-            except Diverged as exc:
+                if not bool(torch.isfinite(sim.server).all()):
+                    raise Diverged("the server model became non-finite")
+            except (Diverged, ValueError) as exc:
+                # a quantizer refuses non-finite input with a ValueError: that is divergence, not a user error
+                if not isinstance(exc, Diverged) and _all_finite(sim):
+                    raise
                 rec.add(sim, "status", {"diverged": 1.0})
                 log.warning("run %s diverged at t=%.1f: %s", cfg.config_hash(), sim.time, exc)
                 break
@@ -201,6 +206,12 @@ def _loop(cfg: RunConfig, sim, out: Path | None, resume: bool, every: float | No
     if out is not None:
         df.to_csv(out / "results.csv", index=False)
     return df
+
+
+def _all_finite(sim) -> bool:
+    """Whether every float tensor the simulation holds (server, client models, work rows) is finite."""
+    return all(bool(torch.isfinite(v).all()) for v in vars(sim).values()
+               if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
 def _progress(cfg: RunConfig):
