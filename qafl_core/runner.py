@@ -66,7 +66,15 @@ def build_task(cfg: RunConfig):
 
         if cfg.num_clients is None:
             raise ValueError("num_clients: the quadratic problem needs an explicit number of clients")
-        return QuadraticTask(num_clients=cfg.num_clients, seed=cfg.seed, **dict(cfg.dataset_options))
+        opts = dict(cfg.dataset_options)
+        valid = ("dim", "sigma", "heterogeneity", "offset")
+        for key, value in opts.items():
+            if key not in valid:
+                raise ValueError(f"dataset_options.{key}: unknown option of the quadratic problem; "
+                                 f"valid: {', '.join(valid)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"dataset_options.{key}: expected a number, got {value!r}")
+        return QuadraticTask(num_clients=cfg.num_clients, seed=cfg.seed, **opts)
     from qafl_core.local import NeuralTask
     from qafl_core.models import default_model
 
