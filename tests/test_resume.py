@@ -1,0 +1,251 @@
+"""Kill-and-resume: ``qafl run --checkpoint-every T`` killed with SIGKILL mid-way and continued with
+``--resume`` must give a ``results.csv`` byte-identical to an uninterrupted run's (issue 6, item 2).
+
+The interrupted run is a real ``python -m qafl_core.cli run`` process; it is killed after it has
+replaced its checkpoint at least twice (so it is well into the run, between two checkpoints) and
+before it has written ``results.csv``.  Corrupt, truncated, foreign and mismatched checkpoints are
+clear errors (exit status 2, the message names the file, no traceback); the checkpoint write is atomic.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from qafl_core.cli import main
+from qafl_core.runner import run
+from qafl_core.runner_cli import config_from_args
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Each case takes ~1-2 s uninterrupted here: large enough vectors that a step is not instantaneous,
+# small enough (< 200k coordinates) that the run stays on one intra-op thread.
+KILL_CASES = {
+    "quafl-qsgd": ["algorithm=quafl", "dataset=quadratic", "num_clients=10", "clients_per_round=3",
+                   "quantizer=qsgd", "bits=8", "sit=1", "time_limit=150", "eval_every=10",
+                   "dataset_options={dim: 100000}"],
+    "fedavg-lattice": ["algorithm=fedavg", "dataset=quadratic", "num_clients=10", "clients_per_round=4",
+                       "quantizer=lattice", "bits=10", "lattice_eps=0.001", "local_steps=2", "fast_mean=0.5",
+                       "slow_mean=1", "sit=1", "time_limit=400", "eval_every=20", "dataset_options={dim: 100000}"],
+    "fedbuff": ["algorithm=fedbuff", "dataset=quadratic", "num_clients=10", "clients_per_round=3",
+                "sit=1", "time_limit=500", "eval_every=25", "staleness=sqrt", "dataset_options={dim: 100000}"],
+}
+# Small in-process cases, resumed from *every* checkpoint they wrote (no timing involved).
+EVERY_CASES = {
+    "quafl-qsgd-quadratic": KILL_CASES["quafl-qsgd"][:-1] + ["dataset_options={dim: 500}"],
+    "quafl-lattice-base-key": KILL_CASES["quafl-qsgd"][:4] + [
+        "quantizer=lattice", "bits=12", "lattice_eps=0.001", "client_decode_key=base", "sit=1", "time_limit=60",
+        "eval_every=7", "dataset_options={dim: 500}"],
+    "fedavg-lattice-quadratic": KILL_CASES["fedavg-lattice"][:-1] + ["dataset_options={dim: 500}"],
+    "fedbuff-qsgd-quadratic": KILL_CASES["fedbuff"][:-1] + ["quantizer=qsgd", "bits=4", "dataset_options={dim: 500}"],
+    # neural tasks: per-client batch permutations and the dropout stream are checkpointed too
+    "quafl-synthetic": ["algorithm=quafl", "dataset=synthetic", "clients_per_round=4", "quantizer=qsgd", "bits=6",
+                        "sit=1", "time_limit=150", "eval_every=20", "batch_size=4", "dataset_options={num_tasks: 30}"],
+    "fedbuff-synthetic": ["algorithm=fedbuff", "dataset=synthetic", "clients_per_round=4", "sit=1",
+                          "time_limit=150", "eval_every=20", "batch_size=4", "dataset_options={num_tasks: 30}"],
+}
+
+
+def _cmd(sets: list[str], out: Path, *extra: str) -> list[str]:
+    argv = [sys.executable, "-m", "qafl_core.cli", "run", "--quiet", "--out", str(out)]
+    for s in sets:
+        argv += ["--set", s]
+    return argv + list(extra)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _kill_mid_way(sets: list[str], out: Path, every: float) -> int:
+    """Start the CLI run; once checkpoint.pt has been replaced twice, freeze it (SIGSTOP, so that nothing
+    moves while we look) and SIGKILL it.  Returns how many checkpoint versions were seen."""
+    proc = subprocess.Popen(_cmd(sets, out, "--checkpoint-every", str(every)), cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt, seen, deadline = out / "checkpoint.pt", set(), time.monotonic() + 120
+    try:
+        while proc.poll() is None and len(seen) < 2 and time.monotonic() < deadline:
+            try:
+                st = ckpt.stat()
+                seen.add((st.st_ino, st.st_mtime_ns))  # every os.replace installs a newly written file
+            except FileNotFoundError:
+                pass
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+        alive = proc.poll() is None
+        finished = (out / "results.csv").exists()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read().decode()
+    assert alive and not finished, (f"the run ended before it could be killed (rc={proc.returncode}, "
+                                    f"{len(seen)} checkpoint versions seen); make it longer.\n{err}")
+    assert proc.returncode == -signal.SIGKILL, err
+    return len(seen)
+
+
+@pytest.mark.parametrize("case", list(KILL_CASES))
+def test_sigkill_then_resume_is_bit_identical(case, tmp_path):
+    sets = KILL_CASES[case]
+    cfg = config_from_args(None, sets).replace(progress=False)
+    time_limit = cfg.time_limit
+    ref = run(cfg, out_dir=tmp_path / "ref")                       # uninterrupted, no checkpoints at all
+
+    out = tmp_path / "killed"
+    every = time_limit / 12
+    assert _kill_mid_way(sets, out, every) >= 2
+    assert not (out / "results.csv").exists(), "killed before the end: no results yet"
+    state = torch.load(out / "checkpoint.pt", weights_only=False)  # never a partial file (atomic rename)
+    t_ckpt = state["sim"]["time"]
+    assert 0 < t_ckpt < time_limit
+
+    done = subprocess.run(_cmd(sets, out, "--checkpoint-every", str(every), "--resume"), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = (out / "results.csv").read_bytes()
+    want = (tmp_path / "ref" / "results.csv").read_bytes()
+    assert got == want, f"{case}: resumed results differ from the uninterrupted run (checkpoint at t={t_ckpt:.1f})"
+    assert len(ref) > 10 and ref.time.max() >= time_limit * 0.9
+    assert not (ref.split == "status").any()
+
+
+@pytest.mark.parametrize("case", list(EVERY_CASES))
+def test_resume_from_every_checkpoint_is_bit_identical(case, tmp_path, monkeypatch):
+    """Resume from each checkpoint a run wrote (a copy is taken at every save) and compare the final
+    tables byte for byte with an uninterrupted run, and with the checkpointing run itself."""
+    cfg = config_from_args(None, EVERY_CASES[case]).replace(progress=False)
+    run(cfg, out_dir=tmp_path / "ref")
+    want = (tmp_path / "ref" / "results.csv").read_bytes()
+    real_save, copies = torch.save, []
+
+    def copying_save(obj, f, *a, **kw):
+        real_save(obj, f, *a, **kw)
+        copies.append(tmp_path / f"ck{len(copies)}.pt")
+        shutil.copyfile(f, copies[-1])
+
+    monkeypatch.setattr(torch, "save", copying_save)
+    every = cfg.time_limit / 9
+    run(cfg, out_dir=tmp_path / "full", checkpoint_every=every)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert (tmp_path / "full" / "results.csv").read_bytes() == want, "checkpointing changed the results"
+    assert len(copies) >= 6
+    differ = []
+    for k, ck in enumerate(copies):
+        d = tmp_path / f"resume{k}"
+        d.mkdir()
+        shutil.copyfile(ck, d / "checkpoint.pt")
+        run(cfg, out_dir=d, resume=True, checkpoint_every=every)
+        if (d / "results.csv").read_bytes() != want:
+            differ.append(k)
+    assert not differ, f"{case}: resuming from checkpoint(s) {differ} of {len(copies)} changed the results"
+
+
+# ---------------------------------------------------------------------- in-process: atomicity and errors
+SMALL = ["algorithm=quafl", "dataset=quadratic", "num_clients=6", "clients_per_round=2", "quantizer=lattice",
+         "bits=12", "lattice_eps=0.001", "sit=1", "time_limit=60", "eval_every=5"]
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+def _small_run(tmp_path: Path, capsys, *extra: str, sets=SMALL) -> tuple[int, str]:
+    argv = ["run", "--quiet", "--out", str(tmp_path / "run")]
+    for s in sets:
+        argv += ["--set", s]
+    return _cli(capsys, *argv, *extra)
+
+
+def test_crash_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
+    """A process dying inside torch.save leaves a partial *.tmp only; checkpoint.pt stays loadable and resumes."""
+    cfg = config_from_args(None, SMALL).replace(progress=False)
+    run(cfg, out_dir=tmp_path / "ref")
+    real_save, calls = torch.save, []
+
+    def dying_save(obj, f, *a, **kw):
+        calls.append(f)
+        if len(calls) == 3:                      # third checkpoint: write half of it, then "die"
+            real_save(obj, f, *a, **kw)
+            data = Path(f).read_bytes()
+            Path(f).write_bytes(data[: len(data) // 2])
+            raise KeyboardInterrupt("simulated kill during the checkpoint write")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    rc, _ = _small_run(tmp_path, capsys, "--checkpoint-every", "5")
+    assert rc == 130
+    monkeypatch.setattr(torch, "save", real_save)
+    out = tmp_path / "run"
+    assert str(calls[-1]).endswith("checkpoint.pt.tmp")
+    assert (out / "checkpoint.pt.tmp").exists() and not (out / "results.csv").exists()
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["sim"]["time"] == pytest.approx(10.0, abs=1.0)  # the second checkpoint, intact
+    rc, err = _small_run(tmp_path, capsys, "--checkpoint-every", "5", "--resume")
+    assert rc == 0, err
+    assert (out / "results.csv").read_bytes() == (tmp_path / "ref" / "results.csv").read_bytes()
+
+
+@pytest.fixture()
+def checkpointed(tmp_path, capsys):
+    rc, err = _small_run(tmp_path, capsys, "--checkpoint-every", "10")
+    assert rc == 0, err
+    return tmp_path / "run" / "checkpoint.pt"
+
+
+def _assert_clean_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qafl: error: "), err
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, capsys, checkpointed):
+    data = checkpointed.read_bytes()
+    checkpointed.write_bytes(data[: len(data) // 3])
+    rc, err = _small_run(tmp_path, capsys, "--resume")
+    _assert_clean_error(rc, err, str(checkpointed), "corrupt checkpoint")
+
+
+def test_garbage_checkpoint_is_a_clear_error(tmp_path, capsys, checkpointed):
+    checkpointed.write_bytes(b"this is not a checkpoint\n")
+    rc, err = _small_run(tmp_path, capsys, "--resume")
+    _assert_clean_error(rc, err, str(checkpointed), "corrupt checkpoint")
+
+
+def test_foreign_pickle_is_a_clear_error(tmp_path, capsys, checkpointed):
+    torch.save({"something": "else"}, checkpointed)
+    rc, err = _small_run(tmp_path, capsys, "--resume")
+    _assert_clean_error(rc, err, str(checkpointed), "not a checkpoint")
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path, capsys, checkpointed):
+    before = checkpointed.read_bytes()
+    rc, err = _small_run(tmp_path, capsys, "--resume", sets=SMALL + ["lr=0.02"])
+    _assert_clean_error(rc, err, str(checkpointed), "written for config")
+    assert checkpointed.read_bytes() == before  # never silently reused nor overwritten
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    rc, err = _small_run(tmp_path, capsys, "--resume")
+    _assert_clean_error(rc, err, str(tmp_path / "run" / "checkpoint.pt"), "no checkpoint")
+
+
+def test_cli_process_exit_status_and_no_traceback(tmp_path, capsys, checkpointed):
+    """The real process (not just main()) exits 2 with one line on stderr."""
+    checkpointed.write_bytes(checkpointed.read_bytes()[:100])
+    done = subprocess.run(_cmd(SMALL, tmp_path / "run", "--resume"), cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    _assert_clean_error(done.returncode, done.stderr, str(checkpointed))
