@@ -20,12 +20,19 @@ def load_config_file(path: str | None) -> dict:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML ({exc})") from None
+        raise ValueError(f"{p}: not valid YAML ({_yaml_problem(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """One line for a YAML error (PyYAML's own message spans several lines, with an excerpt)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def config_from_args(config_file: str | None, sets: list[str] | None) -> RunConfig:
