@@ -59,7 +59,8 @@ def describe(args: argparse.Namespace) -> int:
     ds = load_dataset(args.name, args.root, **options)
     report = {**ds.stats(), "dataset": args.name, "default_model": DATASETS[args.name]["model"],
               "description": DATASETS[args.name]["description"], "root": args.root, "options": options,
-              "info": _summarise(ds.info)}
+              # the top level of info is always kept as a mapping (only nested entries are summarised)
+              "info": {str(k): _summarise(v) for k, v in ds.info.items()}}
     if args.json:
         print(json.dumps(report, default=str))
         return 0
