@@ -1,0 +1,172 @@
+"""``qafl sweep``: one config file, several seeds (and optionally a grid of values), on the local or Ray backend.
+
+``qafl sweep --config FILE.yaml --seeds N [--set key=value ...] [--backend local|ray] [--address ADDR] --out DIR``
+
+The YAML file holds :class:`qafl_core.config.RunConfig` keys and may hold a ``grid:`` mapping of keys to
+lists of values; the sweep runs the cartesian product of the grid (in file order) times seeds
+``0..N-1``.  Runs go through :func:`qafl_core.backend.run_many` and are cached under ``DIR/runs`` by config
+hash (``--cache-dir`` to share a cache), so rerunning an interrupted sweep only computes what is missing.
+Writes ``DIR/results.csv`` (every run's long table, with ``run`` and grid-key columns) and
+``DIR/summary.csv`` (one row per run: status, final test metrics), and prints the summary.  A diverged run
+is reported as such; failed runs are listed and make the exit status 1, after everything else is written.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from qafl_core.config import RunConfig, parse_set_options
+
+_ID_COLUMNS = ["algorithm", "dataset", "seed", "quantizer", "bits", "config_hash"]
+
+
+def load_sweep_file(path: str) -> tuple[dict[str, Any], dict[str, list]]:
+    """``(base keys, grid)`` from a sweep YAML file; ``grid`` maps config keys to non-empty value lists."""
+    from qafl_core.runner_cli import load_config_file
+
+    data = load_config_file(path)
+    grid = data.pop("grid", None) or {}
+    if not isinstance(grid, dict):
+        raise ValueError(f"{path}: grid: expected a mapping of config keys to lists of values, got "
+                         f"{type(grid).__name__}")
+    known = {f for f in RunConfig.__dataclass_fields__}
+    for key, values in grid.items():
+        if key not in known:
+            raise ValueError(f"{path}: grid.{key}: unknown config key; known keys: {', '.join(sorted(known))}")
+        if key == "seed":
+            raise ValueError(f"{path}: grid.seed: give the number of seeds with --seeds instead")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{path}: grid.{key}: expected a non-empty list of values, got {values!r}")
+    return data, grid
+
+
+def expand(base: Mapping[str, Any], grid: Mapping[str, list], seeds: int,
+           source: str = "sweep") -> list[tuple[dict[str, Any], RunConfig]]:
+    """Every ``(grid labels, config)`` of the sweep: grid points in file order, seeds 0..seeds-1 within each."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds: expected a positive number of seeds, got {seeds!r}")
+    if "seed" in base:
+        raise ValueError(f"{source}: seed: a sweep runs seeds 0..N-1 (--seeds N); remove the 'seed' key")
+    both = sorted(set(base) & set(grid))
+    if both:
+        raise ValueError(f"{source}: {', '.join(both)}: given both as a value and in grid")
+    out = []
+    keys = list(grid)
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        labels = dict(zip(keys, combo))
+        where = f"{source} ({', '.join(f'{k}={v}' for k, v in labels.items())})" if labels else source
+        for seed in range(seeds):
+            try:
+                cfg = RunConfig.from_dict({**base, **labels, "seed": seed}, source=where)
+            except ValueError as exc:  # field checks do not know the file: say which file and grid point
+                msg = str(exc)
+                raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+            out.append((labels, cfg))
+    return out
+
+
+def summarize(runs: list[tuple[dict[str, Any], RunConfig]], frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per run: grid labels, identity, status, final counters and final test metrics."""
+    from qafl_core.backend import run_status
+
+    rows = []
+    for k, ((labels, cfg), df) in enumerate(zip(runs, frames)):
+        row: dict[str, Any] = {"run": k, **labels, **{c: getattr(cfg, c, None) for c in _ID_COLUMNS[:-1]},
+                               "config_hash": cfg.config_hash(), "status": run_status(df)}
+        test = df[df.split == "test"]
+        if not test.empty:
+            last = test[test.time == test.time.max()]
+            row.update({c: last.iloc[0][c] for c in ("time", "server_steps", "local_steps", "bits_up", "bits_down")})
+            row.update({f"final_{m}": v for m, v in zip(last.metric, last.value)})
+        div = df[(df.split == "status") & (df.metric == "diverged")]
+        row["diverged_at"] = float(div.time.iloc[0]) if not div.empty else float("nan")
+        row["error"] = df.attrs.get("error", "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweep(base: Mapping[str, Any], grid: Mapping[str, list], seeds: int, out: str | Path, backend: str = "local",
+          address: str | None = None, cache_dir: str | Path | None = None, max_parallel: int | None = None,
+          source: str = "sweep", echo: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run the sweep and write ``out/results.csv`` and ``out/summary.csv``; returns ``(results, summary)``."""
+    from qafl_core.backend import init_ray, import_ray, run_many, run_status
+
+    runs = expand({**base, "progress": False}, grid, seeds, source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache_dir) if cache_dir is not None else out / "runs"
+
+    def report(k: int, df: pd.DataFrame) -> None:
+        if echo:
+            labels = " ".join(f"{key}={v}" for key, v in runs[k][0].items())
+            print(f"[{k + 1}/{len(runs)}] {labels + ' ' if labels else ''}seed={runs[k][1].seed}: {run_status(df)}",
+                  file=sys.stderr, flush=True)
+
+    started = init_ray(address) if backend == "ray" else False
+    try:
+        frames = run_many([c for _, c in runs], backend=backend, address=address, cache_dir=cache,
+                          max_parallel=max_parallel, on_result=report)
+    finally:
+        if started:
+            import_ray().shutdown()
+    tables = []
+    for k, ((labels, _), df) in enumerate(zip(runs, frames)):
+        tables.append(df.assign(**{"run": k, **{key: [v] * len(df) for key, v in labels.items()}}))
+    results = pd.concat(tables, ignore_index=True)
+    front = ["run", *grid]
+    results = results[front + [c for c in results.columns if c not in front]]
+    summary = summarize(runs, frames)
+    results.to_csv(out / "results.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    return results, summary
+
+
+def format_summary(summary: pd.DataFrame, grid_keys: list[str]) -> str:
+    """The per-run table, plus mean +- std over seeds per grid point when there are several seeds."""
+    show = [c for c in dict.fromkeys(["run", *grid_keys, "algorithm", "seed", "status", "time", "server_steps"])
+            if c in summary]
+    metrics = [c for c in summary.columns if c.startswith("final_")]
+    text = summary[show + metrics].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    if summary.seed.nunique() > 1 and metrics:
+        keys = grid_keys or ["algorithm"]
+        agg = summary.groupby(keys, sort=False)[metrics].agg(["mean", "std"])
+        agg.columns = [f"{m}_{s}" for m, s in agg.columns]
+        text += "\n\nover seeds:\n" + agg.reset_index().to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    return text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run a config over several seeds (and a grid), locally or on Ray",
+                       description="Run a config for seeds 0..N-1 (x the cartesian product of its grid: mapping) and "
+                                   "write OUT/results.csv and OUT/summary.csv.")
+    p.add_argument("--config", required=True, help="YAML file of config keys, optionally with grid: {key: [values]}")
+    p.add_argument("--seeds", type=int, required=True, metavar="N", help="run seeds 0..N-1")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="where the runs execute")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (e.g. auto, HOST:6379, ray://HOST:10001); default: start Ray locally")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="P", help="at most P Ray tasks at a time")
+    p.add_argument("--cache-dir", default=None, help="run cache (default OUT/runs); runs already there are not rerun")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    if args.address and args.backend != "ray":
+        raise ValueError("--address: only meaningful with --backend ray")
+    base, grid = load_sweep_file(args.config)
+    sets = parse_set_options(args.set)
+    base.update(sets)
+    _, summary = sweep(base, grid, args.seeds, args.out, backend=args.backend, address=args.address,
+                       cache_dir=args.cache_dir, max_parallel=args.max_parallel, source=args.config)
+    print(format_summary(summary, list(grid)))
+    print(f"results: {Path(args.out) / 'results.csv'}  summary: {Path(args.out) / 'summary.csv'}")
+    failed = summary[summary.status == "failed"]
+    for _, row in failed.iterrows():
+        print(f"qafl: run {row.run} (seed {row.seed}) failed: {row.error}", file=sys.stderr)
+    return 1 if len(failed) else 0

@@ -1,0 +1,125 @@
+"""Backends for many runs (issue 6, item 4): the local backend, a local Ray instance giving results
+identical to it, ``qafl sweep`` on both, failure collection, and the missing-Ray message.
+
+Ray starts once for the module (a few seconds); the runs are tiny quadratic / Synthetic problems.
+"""
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+import pytest
+
+from qafl_core.backend import failures, run_many, run_status
+from qafl_core.cli import main
+from qafl_core.runner import run
+
+QUAD = dict(dataset="quadratic", num_clients=8, clients_per_round=3, sit=1.0, time_limit=40.0, eval_every=10.0,
+            lr=0.05, quantizer="qsgd", bits=6, progress=False)
+SYNTH = dict(algorithm="fedbuff", dataset="synthetic", dataset_options={"num_tasks": 30}, clients_per_round=3,
+             quantizer="lattice", bits=10, lattice_eps=1e-3, sit=1.0, time_limit=40.0, eval_every=10.0,
+             batch_size=8, progress=False)
+SWEEP_YAML = """\
+dataset: quadratic
+num_clients: 8
+clients_per_round: 3
+sit: 1
+time_limit: 40
+eval_every: 10
+quantizer: lattice
+bits: 10
+lattice_eps: 0.001
+grid:
+  algorithm: [quafl, fedavg]
+"""
+
+
+def _seeds(base: dict, n: int = 3) -> list[dict]:
+    return [{**base, "seed": s} for s in range(n)]
+
+
+def _same(a: list[pd.DataFrame], b: list[pd.DataFrame]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        pd.testing.assert_frame_equal(x.reset_index(drop=True), y.reset_index(drop=True), check_exact=True)
+
+
+# ---------------------------------------------------------------------- local backend
+def test_local_backend_order_cache_and_equality_with_run(tmp_path):
+    configs = _seeds(QUAD) + _seeds(SYNTH, 2)
+    first = run_many(configs, cache_dir=tmp_path)
+    _same(first, [run(c) for c in configs])
+    assert [int(f.seed.iloc[0]) for f in first] == [0, 1, 2, 0, 1]
+    assert len(list(tmp_path.glob("*/results.csv"))) == 5
+    again = run_many(configs, cache_dir=tmp_path)  # served from the cache (read back from results.csv)
+    _same(first, again)
+    assert failures(first) == []
+
+
+def test_unknown_backend_and_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="backend: unknown value 'dask'"):
+        run_many([QUAD], backend="dask", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="max_parallel"):
+        run_many([QUAD], max_parallel=0, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="config #1: unknown config key"):
+        run_many([QUAD, {**QUAD, "lrr": 1}], cache_dir=tmp_path)
+
+
+def test_missing_ray_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "qafl\[ray\]"'):
+        run_many([QUAD], backend="ray", cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'qafl[ray]' or the test extra)")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_runs_equal_local_runs(ray_local, tmp_path):
+    configs = _seeds(QUAD) + _seeds({**QUAD, "algorithm": "fedbuff"}) + _seeds(SYNTH)
+    local = run_many(configs, backend="local", cache_dir=tmp_path / "local")
+    remote = run_many(configs, backend="ray", cache_dir=tmp_path / "ray")  # separate caches: really recomputed
+    _same(local, remote)
+    assert len(list((tmp_path / "ray").glob("*/results.csv"))) == len(configs)
+    for a, b in zip(local, remote):
+        assert (tmp_path / "local" / a.config_hash.iloc[0] / "results.csv").read_bytes() == \
+            (tmp_path / "ray" / b.config_hash.iloc[0] / "results.csv").read_bytes()
+    throttled = run_many(configs[:3], backend="ray", cache_dir=tmp_path / "ray1", max_parallel=1)
+    _same(local[:3], throttled)
+
+
+@pytest.mark.ray
+def test_ray_batch_collects_failures_and_divergence(ray_local, tmp_path):
+    configs = [QUAD, {**QUAD, "dataset_options": {"dimm": 3}}, {**QUAD, "lr": 1e10}, {**QUAD, "seed": 1}]
+    frames = run_many(configs, backend="ray", cache_dir=tmp_path)
+    assert [run_status(f) for f in frames] == ["ok", "failed", "diverged", "ok"]
+    (k, err), = failures(frames)
+    assert k == 1 and "dataset_options.dimm" in err
+    _same([frames[0], frames[3]], run_many([configs[0], configs[3]], cache_dir=tmp_path / "local"))
+
+
+@pytest.mark.ray
+def test_qafl_sweep_on_ray_equals_local(ray_local, tmp_path, capsys):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(SWEEP_YAML)
+    outs = {}
+    for backend in ("local", "ray"):
+        rc = main(["sweep", "--config", str(cfg), "--seeds", "3", "--backend", backend, "--out",
+                   str(tmp_path / backend)])
+        outs[backend] = capsys.readouterr().out
+        assert rc == 0
+    for name in ("results.csv", "summary.csv"):
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
+    summary = pd.read_csv(tmp_path / "ray" / "summary.csv")
+    assert list(summary.algorithm) == ["quafl"] * 3 + ["fedavg"] * 3 and list(summary.seed) == [0, 1, 2] * 2
+    assert (summary.status == "ok").all() and summary.final_loss.notna().all()
+    assert summary.final_loss.iloc[0] != summary.final_loss.iloc[1]  # seeds differ
+    table = {b: o.split("\nresults: ")[0] for b, o in outs.items()}  # the last line names the output dir
+    assert table["local"] == table["ray"] and "over seeds:" in table["ray"]
+    print(outs["ray"])
