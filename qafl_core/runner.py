@@ -266,11 +266,15 @@ def default_cache_dir() -> Path:
 
 def load_or_run(config: RunConfig | Mapping[str, Any], cache_dir: str | os.PathLike | None = None,
                 **overrides: Any) -> pd.DataFrame:
-    """Results of ``config`` from the cache (keyed by the config hash), running it only when missing."""
+    """Results of ``config`` from the cache (keyed by the config hash), running it only when missing.
+
+    With ``checkpoint_every`` set, an interrupted run left in the cache continues from its checkpoint
+    (a corrupt one is an error naming the file, never silently ignored)."""
     cfg = as_config({**(config.to_dict() if isinstance(config, RunConfig) else dict(config)), **overrides})
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     out = root / cfg.config_hash()
     done = out / "results.csv"
     if done.exists():
         return pd.read_csv(done)
-    return run(cfg, out_dir=out)
+    resume = bool(cfg.checkpoint_every) and (out / "checkpoint.pt").exists()
+    return run(cfg, out_dir=out, resume=resume)
