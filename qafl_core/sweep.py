@@ -5,7 +5,8 @@
 The YAML file holds :class:`qafl_core.config.RunConfig` keys and may hold a ``grid:`` mapping of keys to
 lists of values; the sweep runs the cartesian product of the grid (in file order) times seeds
 ``0..N-1``.  Runs go through :func:`qafl_core.backend.run_many` and are cached under ``DIR/runs`` by config
-hash (``--cache-dir`` to share a cache), so rerunning an interrupted sweep only computes what is missing.
+hash (``--cache-dir`` to share a cache), so rerunning an interrupted sweep only computes what is missing;
+with ``--checkpoint-every T`` the runs it was in the middle of continue from their checkpoints.
 Writes ``DIR/results.csv`` (every run's long table, with ``run`` and grid-key columns) and
 ``DIR/summary.csv`` (one row per run: status, final test metrics), and prints the summary.  A diverged run
 is reported as such; failed runs are listed and make the exit status 1, after everything else is written.
@@ -152,6 +153,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Ray cluster address (e.g. auto, HOST:6379, ray://HOST:10001); default: start Ray locally")
     p.add_argument("--max-parallel", type=int, default=None, metavar="P", help="at most P Ray tasks at a time")
     p.add_argument("--cache-dir", default=None, help="run cache (default OUT/runs); runs already there are not rerun")
+    p.add_argument("--checkpoint-every", type=float, default=None, metavar="T",
+                   help="checkpoint each run every T simulated-time units in the cache; a rerun continues them")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_sweep)
 
@@ -160,8 +163,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.address and args.backend != "ray":
         raise ValueError("--address: only meaningful with --backend ray")
     base, grid = load_sweep_file(args.config)
-    sets = parse_set_options(args.set)
-    base.update(sets)
+    base.update(parse_set_options(args.set))
+    if args.checkpoint_every is not None:
+        if args.checkpoint_every <= 0:
+            raise ValueError(f"--checkpoint-every: must be > 0, got {args.checkpoint_every}")
+        base["checkpoint_every"] = args.checkpoint_every
     _, summary = sweep(base, grid, args.seeds, args.out, backend=args.backend, address=args.address,
                        cache_dir=args.cache_dir, max_parallel=args.max_parallel, source=args.config)
     print(format_summary(summary, list(grid)))

@@ -71,6 +71,20 @@ def test_missing_ray_says_how_to_install(tmp_path, monkeypatch):
         run_many([QUAD], backend="ray", cache_dir=tmp_path)
 
 
+def test_sweep_with_checkpoints_gives_the_same_tables(tmp_path, capsys):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(SWEEP_YAML)
+    common = ["sweep", "--config", str(cfg), "--seeds", "2"]
+    assert main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(common + ["--checkpoint-every", "10", "--out", str(tmp_path / "ckpt")]) == 0
+    capsys.readouterr()
+    # the QuAFL runs checkpoint; the FedAvg ones finish in their first (long) round, before any checkpoint
+    assert len(list((tmp_path / "ckpt" / "runs").glob("*/checkpoint.pt"))) == 2
+    assert not list((tmp_path / "plain" / "runs").glob("*/checkpoint.pt"))
+    for name in ("results.csv", "summary.csv"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "ckpt" / name).read_bytes()
+
+
 # ---------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def ray_local():

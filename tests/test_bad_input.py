@@ -186,6 +186,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
     ("sweep-key-twice", _sweep(_QUAD_YAML + "lr: 0.1\ngrid:\n  lr: [0.1, 0.2]\n"), ("lr: given both",)),
     ("sweep-seed-key", _sweep(_QUAD_YAML + "seed: 3\n"), ("seed: a sweep runs seeds 0..N-1",)),
     ("sweep-zero-seeds", _sweep(_QUAD_YAML, "0"), ("--seeds: expected a positive number",)),
+    ("sweep-checkpoint-every-zero", _sweep(_QUAD_YAML, "1", "--checkpoint-every", "0"),
+     ("--checkpoint-every: must be > 0",)),
     ("sweep-address-without-ray", _sweep(_QUAD_YAML, "1", "--address", "auto"), ("--address",)),
 ]
 

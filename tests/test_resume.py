@@ -16,11 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from qafl_core.cli import main
-from qafl_core.runner import run
+from qafl_core.runner import load_or_run, run
 from qafl_core.runner_cli import config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,3 +250,30 @@ def test_cli_process_exit_status_and_no_traceback(tmp_path, capsys, checkpointed
     done = subprocess.run(_cmd(SMALL, tmp_path / "run", "--resume"), cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=120)
     _assert_clean_error(done.returncode, done.stderr, str(checkpointed))
+
+
+def test_load_or_run_continues_an_interrupted_cached_run(tmp_path, monkeypatch):
+    """Batches (run_many, qafl sweep) go through load_or_run: with checkpoint_every set, a run interrupted
+    in the cache continues from its checkpoint instead of starting over."""
+    import qafl_core.runner as runner
+
+    cfg = config_from_args(None, SMALL).replace(progress=False, checkpoint_every=5.0)
+    ref = run(cfg.replace(checkpoint_every=None))
+    real_save, calls = torch.save, []
+
+    def dying_save(obj, f, *a, **kw):
+        calls.append(f)
+        if len(calls) == 4:
+            raise KeyboardInterrupt("simulated kill")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_run(cfg, cache_dir=tmp_path)
+    monkeypatch.setattr(torch, "save", real_save)
+    loaded, real_load = [], runner._load_checkpoint
+    monkeypatch.setattr(runner, "_load_checkpoint", lambda path, *a: loaded.append(path) or real_load(path, *a))
+    got = load_or_run(cfg, cache_dir=tmp_path)
+    assert loaded == [tmp_path / cfg.config_hash() / "checkpoint.pt"]
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
+    assert load_or_run(cfg, cache_dir=tmp_path).equals(got)  # finished: now served from results.csv
