@@ -44,8 +44,9 @@ def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], backend: str = "l
         configs: :class:`RunConfig` objects or flat mappings of their keys.  All are validated before
             anything runs, so a typo in the last config fails at once (ValueError naming its index).
         backend: ``"local"`` (one after the other in this process) or ``"ray"`` (one Ray task per run).
-        address: Ray cluster address (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``); None starts a
-            local Ray instance with ``os.cpu_count()`` CPUs.  An already initialised Ray is reused.
+        address: Ray cluster address (``"auto"``: the cluster ``ray start`` runs on this machine,
+            ``"host:6379"``, ``"ray://host:10001"``); None starts a new local Ray instance with
+            ``os.cpu_count()`` CPUs.  An already initialised Ray (``ray.init`` called by the caller) is reused.
         cache_dir: results cache (one directory per config hash); None -> ``$QAFL_CACHE_DIR/runs`` or
             ``~/.cache/qafl/runs``.  On a multi-node cluster, point it at a shared filesystem to share the cache.
         max_parallel: at most this many Ray tasks in flight (None: let Ray schedule all of them).
@@ -143,7 +144,9 @@ def init_ray(address: str | None = None) -> bool:
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=os.cpu_count(), **common)
+        # "local": always a fresh instance of this machine, even where `ray start` left a cluster behind
+        # (plain ray.init() would connect to it, and refuse num_cpus); use --address auto for that one
+        ray.init(address="local", num_cpus=os.cpu_count(), **common)
     return True
 
 
