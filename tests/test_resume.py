@@ -30,13 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 # small enough (< 200k coordinates) that the run stays on one intra-op thread.
 KILL_CASES = {
     "quafl-qsgd": ["algorithm=quafl", "dataset=quadratic", "num_clients=10", "clients_per_round=3",
-                   "quantizer=qsgd", "bits=8", "sit=1", "time_limit=150", "eval_every=10",
+                   "quantizer=qsgd", "bits=8", "sit=1", "time_limit=100", "eval_every=10",
                    "dataset_options={dim: 100000}"],
     "fedavg-lattice": ["algorithm=fedavg", "dataset=quadratic", "num_clients=10", "clients_per_round=4",
                        "quantizer=lattice", "bits=10", "lattice_eps=0.001", "local_steps=2", "fast_mean=0.5",
-                       "slow_mean=1", "sit=1", "time_limit=400", "eval_every=20", "dataset_options={dim: 100000}"],
+                       "slow_mean=1", "sit=1", "time_limit=250", "eval_every=20", "dataset_options={dim: 100000}"],
     "fedbuff": ["algorithm=fedbuff", "dataset=quadratic", "num_clients=10", "clients_per_round=3",
-                "sit=1", "time_limit=500", "eval_every=25", "staleness=sqrt", "dataset_options={dim: 100000}"],
+                "sit=1", "time_limit=300", "eval_every=25", "staleness=sqrt", "dataset_options={dim: 100000}"],
 }
 # Small in-process cases, resumed from *every* checkpoint they wrote (no timing involved).
 EVERY_CASES = {
