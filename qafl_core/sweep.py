@@ -3,7 +3,9 @@
 ``qafl sweep --config FILE.yaml --seeds N [--set key=value ...] [--backend local|ray] [--address ADDR] --out DIR``
 
 The YAML file holds :class:`qafl_core.config.RunConfig` keys and may hold a ``grid:`` mapping of keys to
-lists of values; the sweep runs the cartesian product of the grid (in file order) times seeds
+lists of values (a list of mappings is a *bundle* axis whose keys are set together, e.g.
+``compression: [{quantizer: identity, bits: 32}, {quantizer: lattice, bits: 12}]``); the sweep runs the
+cartesian product of the grid (in file order) times seeds
 ``0..N-1``.  Runs go through :func:`qafl_core.backend.run_many` and are cached under ``DIR/runs`` by config
 hash (``--cache-dir`` to share a cache), so rerunning an interrupted sweep only computes what is missing;
 with ``--checkpoint-every T`` the runs it was in the middle of continue from their checkpoints.
@@ -37,6 +39,13 @@ def load_sweep_file(path: str) -> tuple[dict[str, Any], dict[str, list]]:
                          f"{type(grid).__name__}")
     known = {f for f in RunConfig.__dataclass_fields__}
     for key, values in grid.items():
+        if isinstance(values, list) and values and all(isinstance(v, dict) for v in values):
+            # a bundle axis: each value is a mapping of config keys set together (e.g. quantizer + bits)
+            for v in values:
+                bad = sorted(set(v) - known)
+                if bad:
+                    raise ValueError(f"{path}: grid.{key}: unknown config key(s) {', '.join(bad)}")
+            continue
         if key not in known:
             raise ValueError(f"{path}: grid.{key}: unknown config key; known keys: {', '.join(sorted(known))}")
         if key == "seed":
@@ -61,9 +70,13 @@ def expand(base: Mapping[str, Any], grid: Mapping[str, list], seeds: int,
     for combo in itertools.product(*(grid[k] for k in keys)):
         labels = dict(zip(keys, combo))
         where = f"{source} ({', '.join(f'{k}={v}' for k, v in labels.items())})" if labels else source
+        values: dict[str, Any] = {}
+        for k, v in labels.items():
+            values.update(v if isinstance(v, dict) else {k: v})
+        labels = {k: (",".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else v) for k, v in labels.items()}
         for seed in range(seeds):
             try:
-                cfg = RunConfig.from_dict({**base, **labels, "seed": seed}, source=where)
+                cfg = RunConfig.from_dict({**base, **values, "seed": seed}, source=where)
             except ValueError as exc:  # field checks do not know the file: say which file and grid point
                 msg = str(exc)
                 raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
