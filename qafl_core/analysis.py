@@ -1,0 +1,148 @@
+"""Reductions of results tables (``qafl_core.runner.COLUMNS``) into the numbers and curves of the figures.
+
+Every function takes the long table returned by :func:`qafl_core.figures.run_variants` (one row per
+evaluation point and metric, plus a ``label`` column) and works per *run* — a run is one
+``config_hash`` — before aggregating over seeds, so mean ± std always means "over seeds".
+PAPER.md §4 lists the x-axes of the paper's plots: simulated time, server steps, local steps and
+transferred bits (``bits_up + bits_down``; 2b per interaction).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+RUN = "config_hash"
+#: x-axis name -> how to compute it from a results table.
+X_AXES = ("time", "server_steps", "local_steps", "bits")
+
+
+def _x(df: pd.DataFrame, x: str) -> pd.Series:
+    if x == "bits":
+        return df["bits_up"] + df["bits_down"]
+    if x not in df.columns:
+        raise ValueError(f"x: unknown axis {x!r}; expected one of {', '.join(X_AXES)}")
+    return df[x]
+
+
+def select(df: pd.DataFrame, metric: str, split: str = "test") -> pd.DataFrame:
+    """Rows of one metric, with an ``x``-ready copy; a ValueError names what is missing."""
+    rows = df[(df["split"] == split) & (df["metric"] == metric)]
+    if rows.empty:
+        have = sorted(set(zip(df["split"], df["metric"]))) if len(df) else []
+        raise ValueError(f"metric: no {split}/{metric} rows in the results (have {have})")
+    return rows
+
+
+def curves(df: pd.DataFrame, metric: str = "accuracy", x: str = "time", split: str = "test",
+           by: Sequence[str] = ("label",), points: int = 60, x_max: float | None = None) -> pd.DataFrame:
+    """Each run's curve linearly interpolated onto one grid of ``points`` x values.
+
+    Runs are only reported inside their own x range (a run that sent fewer bits stops earlier), so
+    averaging over seeds never extrapolates.  Returns columns ``[*by, "seed", "x", "value"]``.
+    """
+    rows = select(df, metric, split)
+    xs = _x(rows, x)
+    hi = float(xs.max()) if x_max is None else float(x_max)
+    grid = np.linspace(0.0, hi, points)
+    out = []
+    for _, run in rows.assign(_x=xs).groupby(RUN, sort=False):
+        run = run.sort_values("_x")
+        rx, ry = run["_x"].to_numpy(float), run["value"].to_numpy(float)
+        inside = (grid >= rx.min()) & (grid <= rx.max())
+        vals = np.interp(grid[inside], rx, ry)
+        keys = {k: run[k].iloc[0] for k in by}
+        out.append(pd.DataFrame({**keys, "seed": run["seed"].iloc[0], "x": grid[inside], "value": vals}))
+    return pd.concat(out, ignore_index=True)
+
+
+def last_values(df: pd.DataFrame, metric: str = "accuracy", split: str = "test",
+                by: Sequence[str] = ("label",)) -> pd.DataFrame:
+    """The final value of ``metric`` in each run: columns ``[*by, "seed", config_hash, "value", "time"]``."""
+    rows = select(df, metric, split).sort_values(["time", "server_steps"])
+    last = rows.groupby(RUN, sort=False).tail(1)
+    return last[[*by, "seed", RUN, "value", "time"]].reset_index(drop=True)
+
+
+def summarize(per_run: pd.DataFrame, by: Sequence[str] = ("label",), value: str = "value") -> pd.DataFrame:
+    """Mean, std (ddof=1; NaN for a single seed) and count over seeds of a per-run column."""
+    g = per_run.groupby(list(by), sort=False)[value]
+    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+
+
+def final(df: pd.DataFrame, metric: str = "accuracy", split: str = "test", by: Sequence[str] = ("label",)) -> pd.DataFrame:
+    """Mean ± std over seeds of the final ``metric`` of each group."""
+    return summarize(last_values(df, metric, split, by), by)
+
+
+def time_to_target(df: pd.DataFrame, target: float, metric: str = "accuracy", split: str = "test",
+                   by: Sequence[str] = ("label",), higher_is_better: bool = True) -> pd.DataFrame:
+    """First evaluation at which each run reaches ``target``: simulated time, Mbit sent, server steps.
+
+    Runs that never reach it get NaN (and ``reached = False``) — never a made-up number.
+    """
+    rows = select(df, metric, split).sort_values(["time", "server_steps"])
+    out = []
+    for _, run in rows.groupby(RUN, sort=False):
+        hit = run[run["value"] >= target] if higher_is_better else run[run["value"] <= target]
+        rec = {k: run[k].iloc[0] for k in by}
+        rec.update(seed=run["seed"].iloc[0], reached=not hit.empty)
+        first = hit.iloc[0] if not hit.empty else None
+        rec["time"] = float(first["time"]) if first is not None else math.nan
+        rec["mbit"] = float(first["bits_up"] + first["bits_down"]) / 1e6 if first is not None else math.nan
+        rec["server_steps"] = float(first["server_steps"]) if first is not None else math.nan
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def summarize_time_to_target(per_run: pd.DataFrame, by: Sequence[str] = ("label",)) -> pd.DataFrame:
+    """Mean ± std over the seeds that reached the target, and how many did (``reached`` of ``runs``)."""
+    g = per_run.groupby(list(by), sort=False)
+    res = pd.DataFrame({"time_mean": g["time"].mean(), "time_std": g["time"].std(ddof=1),
+                        "mbit_mean": g["mbit"].mean(), "mbit_std": g["mbit"].std(ddof=1),
+                        "reached": g["reached"].sum().astype(int), "runs": g["reached"].count()})
+    return res.reset_index()
+
+
+def running_average(df: pd.DataFrame, metric: str = "grad_sq", split: str = "mean_model",
+                    by: Sequence[str] = ("label",)) -> pd.DataFrame:
+    """Per run, ``1/T sum_{t<T} value_t`` over the evaluation points (Theorem 4.2's left-hand side when the
+    run is evaluated once per server step).  Columns ``[*by, "seed", "server_steps", "value"]``."""
+    rows = select(df, metric, split).sort_values(["time", "server_steps"])
+    out = []
+    for _, run in rows.groupby(RUN, sort=False):
+        run = run.drop_duplicates("server_steps", keep="last")
+        avg = run["value"].expanding().mean().to_numpy()
+        keys = {k: run[k].iloc[0] for k in by}
+        out.append(pd.DataFrame({**keys, "seed": run["seed"].iloc[0],
+                                 "server_steps": run["server_steps"].to_numpy(), "value": avg}))
+    return pd.concat(out, ignore_index=True)
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Least-squares slope of log y against log x over the positive pairs (NaN if fewer than two)."""
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    ok = (xa > 0) & (ya > 0) & np.isfinite(xa) & np.isfinite(ya)
+    if ok.sum() < 2:
+        return math.nan
+    return float(np.polyfit(np.log(xa[ok]), np.log(ya[ok]), 1)[0])
+
+
+def rank_agreement(order: Sequence[float], values: Sequence[float]) -> float:
+    """Spearman correlation between an intended ordering (e.g. s) and measured values (NaN if undefined)."""
+    a, b = pd.Series(list(order), dtype=float), pd.Series(list(values), dtype=float)
+    if len(a) < 2 or a.nunique() < 2 or b.nunique() < 2:
+        return math.nan
+    return float(a.rank().corr(b.rank()))
+
+
+def last_sim(df: pd.DataFrame, metric: str, by: Sequence[str] = ("label",)) -> pd.DataFrame:
+    """Mean ± std over seeds of the final (cumulative) simulator statistic ``metric`` (split ``sim``)."""
+    return final(df, metric, "sim", by)
+
+
+def as_dict(table: pd.DataFrame, key: str, cols: Sequence[str] = ("mean", "std")) -> dict:
+    """``{row[key]: {col: value}}`` — the JSON shape of headline tables."""
+    return {str(r[key]): {c: r[c] for c in cols} for _, r in table.iterrows()}

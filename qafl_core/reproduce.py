@@ -1,0 +1,324 @@
+"""``qafl reproduce``: execute the figure notebooks with papermill and collect figures + manifest.
+
+``qafl reproduce --profile smoke|paper [--only NAME ...] [--jobs N] [--backend local|ray] [--address ADDR]
+[--output-dir figures]`` runs every notebook in ``notebooks/`` (DESIGN.md "Who uses it": the batch user)
+with the parameters of ``notebooks/params/<notebook>.<profile>.yaml`` into the git-ignored
+``notebooks/executed/``.  It keeps going when a notebook fails, prints a table of what ran, how long it
+took, which dataset each figure used, what failed (the failing cell's ``ename: evalue``) and where the
+figures are, updates ``<output-dir>/MANIFEST.json``, and exits non-zero if anything failed.
+
+Runs are shared between notebooks through the hash-keyed run cache (``$QAFL_CACHE_DIR``), so notebooks that
+reuse another's runs (tab1 <- fig5, fig3 <- fig1) are scheduled after it; ``--jobs N`` executes up to N
+notebooks at once (each in its own kernel), with ``QAFL_NUM_THREADS`` = cores / N torch threads per kernel.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from qafl_core import manifest
+
+#: Paper order; notebooks found in the folder but not listed here run after these, alphabetically.
+ORDER = ("fig1_peers", "fig2_bits", "fig3_averaging", "fig4_vs_fedavg", "fig5_vs_fedbuff",
+         "tab1_time_to_accuracy", "theory_quadratic")
+#: notebook -> notebooks whose cached runs it reuses (run first when both are selected).
+AFTER = {"fig3_averaging": ("fig1_peers",), "tab1_time_to_accuracy": ("fig5_vs_fedbuff",)}
+PROFILES = ("smoke", "paper")
+
+
+@dataclass
+class Outcome:
+    """What happened to one notebook."""
+
+    name: str
+    ok: bool = False
+    seconds: float = 0.0
+    error: str = ""
+    executed: Path | None = None
+    dataset: str = ""
+    files: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- locating things
+def default_notebooks_dir() -> Path:
+    """``notebooks/`` of the checkout this package lives in, else ``./notebooks``."""
+    here = Path(__file__).resolve().parents[1] / "notebooks"
+    return here if here.is_dir() else Path.cwd() / "notebooks"
+
+
+def discover(notebooks_dir: Path) -> list[str]:
+    """Notebook names in ``notebooks_dir`` (``_*`` and ``executed/`` excluded), paper order first."""
+    if not notebooks_dir.is_dir():
+        raise FileNotFoundError(f"{notebooks_dir}: no notebooks directory (use --notebooks-dir)")
+    found = sorted(p.stem for p in notebooks_dir.glob("*.ipynb") if not p.name.startswith("_"))
+    return [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]
+
+
+def load_profile(notebooks_dir: Path, name: str, profile: str) -> dict[str, Any]:
+    """The parameters of ``params/<name>.<profile>.yaml`` (FileNotFoundError / ValueError name the file)."""
+    path = notebooks_dir / "params" / f"{name}.{profile}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no '{profile}' profile for notebook {name}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(data).__name__}")
+    return data
+
+
+def check_parameters(notebook: Path, params: dict[str, Any], source: Path | str) -> None:
+    """Every profile key must be a parameter of the notebook (papermill would silently add unknown ones)."""
+    import papermill
+
+    known = set(papermill.inspect_notebook(str(notebook)))
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown parameter(s) {', '.join(unknown)} for {notebook.name}; "
+                         f"its parameters are: {', '.join(sorted(known))}")
+
+
+def kernel_name() -> str:
+    """A kernel running *this* interpreter: ``python3`` when its spec does, else a private spec.
+
+    The private ``qafl-python3`` spec is written under ``~/.cache/qafl/jupyter`` and put on JUPYTER_PATH
+    (nothing is installed into the user's Jupyter), so a fresh machine without kernelspecs works too.
+    """
+    try:
+        import ipykernel  # noqa: F401
+    except ImportError:
+        raise FileNotFoundError("ipykernel is not installed for this interpreter; pip install ipykernel") from None
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        argv0 = KernelSpecManager().get_kernel_spec("python3").argv[0]
+        # jupyter_client itself substitutes sys.executable for a bare "python"/"python3"/"pythonX.Y"
+        bare = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}
+        if argv0 in bare or _same_file(argv0, sys.executable):
+            return "python3"
+    except NoSuchKernel:
+        pass
+    return install_private_kernel()
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def install_private_kernel(root: Path | None = None) -> str:
+    """Write a ``qafl-python3`` kernelspec for ``sys.executable`` and prepend its folder to JUPYTER_PATH."""
+    import json
+
+    base = root or Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl")) / "jupyter"
+    spec = base / "kernels" / "qafl-python3"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"Python {sys.version_info[0]}.{sys.version_info[1]} (qafl)", "language": "python"}))
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if str(base) not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(base), *paths])
+    return "qafl-python3"
+
+
+# ---------------------------------------------------------------------- running
+def kernel_environment(repo_root: Path, jobs: int, backend: str, address: str | None) -> dict[str, str]:
+    """Environment variables the kernels inherit: import path, backend, threads per kernel."""
+    env = {"PYTHONPATH": os.pathsep.join([str(repo_root), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "QAFL_BACKEND": backend, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    if address:
+        env["QAFL_RAY_ADDRESS"] = address
+    if "QAFL_NUM_THREADS" not in os.environ:
+        env["QAFL_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    return env
+
+
+def execute(name: str, notebooks_dir: Path, executed_dir: Path, params: dict[str, Any], kernel: str,
+            timeout: float | None = None, log_output: bool = False) -> Outcome:
+    """Run one notebook with papermill; never raises (the error is in the outcome)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out = Outcome(name, executed=executed_dir / f"{name}.{params.get('profile', 'run')}.ipynb")
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(notebooks_dir / f"{name}.ipynb"), str(out.executed), parameters=params,
+                                   kernel_name=kernel, cwd=str(notebooks_dir), progress_bar=False,
+                                   log_output=log_output, execution_timeout=timeout)
+        out.ok = True
+    except PapermillExecutionError as exc:
+        out.error = f"cell {exc.exec_count or exc.cell_index}: {exc.ename}: {_first_line(exc.evalue)}"
+    except Exception as exc:  # noqa: BLE001 - kernel death, timeouts, missing kernels: report and go on
+        out.error = f"{type(exc).__name__}: {_first_line(str(exc))}"
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def schedule(names: Sequence[str], jobs: int, run: Callable[[str], Outcome],
+             on_done: Callable[[Outcome], None] = lambda o: None) -> list[Outcome]:
+    """Run ``names`` on ``jobs`` threads, each notebook after those of :data:`AFTER` that are selected."""
+    pending = list(names)
+    done: dict[str, Outcome] = {}
+    running: dict[Any, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while pending or running:
+            for n in list(pending):
+                if len(running) >= max(1, jobs):
+                    break
+                if all(d in done or d not in names for d in AFTER.get(n, ())):
+                    pending.remove(n)
+                    running[pool.submit(run, n)] = n
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                outcome = fut.result()
+                done[running.pop(fut)] = outcome
+                on_done(outcome)
+    return [done[n] for n in names]
+
+
+# ---------------------------------------------------------------------- report
+def _read_metrics(output_dir: Path, name: str, since: float) -> tuple[str, list[str]]:
+    import json
+
+    path = output_dir / f"{name}.metrics.json"
+    if not path.is_file() or path.stat().st_mtime < since:
+        return "", []
+    data = json.loads(path.read_text())
+    labels = [d.get("label", d.get("dataset", "")) for d in data.get("datasets", [])]
+    return "; ".join(labels), data.get("files", [])
+
+
+def format_table(outcomes: Sequence[Outcome]) -> str:
+    """The closing table: notebook, status, wall time, dataset used, and the figure files or the error."""
+    rows = [("notebook", "status", "time", "dataset", "figures / error")]
+    for o in outcomes:
+        rows.append((o.name, "ok" if o.ok else "FAILED", f"{o.seconds:6.1f} s", o.dataset or "-",
+                     ", ".join(o.files) if o.ok else o.error))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 15)
+    return "\n".join(lines)
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    """The ``qafl reproduce`` command; returns the exit status (1 if any notebook failed)."""
+    nb_dir = Path(args.notebooks_dir).resolve() if args.notebooks_dir else default_notebooks_dir()
+    available = discover(nb_dir)
+    names = list(dict.fromkeys(args.only)) if args.only else available
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"--only: unknown notebook(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    repo_root = nb_dir.parent
+    output_dir = Path(args.output_dir).resolve() if args.output_dir else repo_root / "figures"
+    executed_dir = Path(args.executed_dir).resolve() if args.executed_dir else nb_dir / "executed"
+    profiles = {}
+    for n in names:  # validate every profile before running anything
+        path = nb_dir / "params" / f"{n}.{args.profile}.yaml"
+        params = load_profile(nb_dir, n, args.profile)
+        check_parameters(nb_dir / f"{n}.ipynb", params, path)
+        profiles[n] = {**params, "profile": args.profile, "output_dir": str(output_dir)}
+    if args.list:
+        for n in names:
+            print(f"{n}: notebooks/{n}.ipynb, params/{n}.{args.profile}.yaml")
+        return 0
+    output_dir.mkdir(parents=True, exist_ok=True)
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    saved = dict(os.environ)
+    os.environ.update(kernel_environment(repo_root, args.jobs, args.backend, args.address))  # kernels inherit it
+    try:
+        return _run_all(args, names, profiles, nb_dir, output_dir, executed_dir, repo_root)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, nb_dir: Path, output_dir: Path,
+             executed_dir: Path, repo_root: Path) -> int:
+    from tqdm import tqdm
+
+    kernel = kernel_name()
+    commit = manifest.git_commit(repo_root)
+    top = {"git_commit": commit, "profile": args.profile, "python": sys.version.split()[0],
+           "command": "qafl reproduce " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["reproduce"] else [])}
+    started = time.time()
+    print(f"qafl reproduce: {len(names)} notebook(s), profile '{args.profile}', {args.jobs} job(s), kernel {kernel}, "
+          f"backend {args.backend}; figures -> {output_dir}", flush=True)
+    bar = tqdm(total=len(names), desc="notebooks", unit="nb", file=sys.stderr, dynamic_ncols=True)
+
+    def run_one(name: str) -> Outcome:
+        bar.set_postfix_str(name, refresh=True)
+        return execute(name, nb_dir, executed_dir, profiles[name], kernel, args.timeout, args.log_output)
+
+    def finished(o: Outcome) -> None:
+        o.dataset, o.files = _read_metrics(output_dir, o.name, started)
+        entry = {"status": "ok" if o.ok else "failed", "wall_time_s": round(o.seconds, 1), "profile": args.profile,
+                 "executed_notebook": str(o.executed), "parameters": profiles[o.name],
+                 "profile_file": f"notebooks/params/{o.name}.{args.profile}.yaml"}
+        if not o.ok:
+            entry.update(error=o.error, files=[], config_hashes=[], metrics=None)
+        manifest.update_manifest(output_dir, o.name, entry, top)
+        bar.update(1)
+        bar.write(f"{'ok    ' if o.ok else 'FAILED'} {o.name} ({o.seconds:.1f} s){'' if o.ok else ': ' + o.error}")
+
+    outcomes = schedule(names, args.jobs, run_one, finished)
+    bar.close()
+    total = time.time() - started
+    failed = [o for o in outcomes if not o.ok]
+    print()
+    print(format_table(outcomes))
+    print(f"\n{len(outcomes) - len(failed)} ok, {len(failed)} failed, total {total:.1f} s (wall)")
+    print(f"figures:            {output_dir}")
+    print(f"manifest:           {output_dir / manifest.MANIFEST}")
+    print(f"executed notebooks: {executed_dir}")
+    return 1 if failed else 0
+
+
+def register(subparsers) -> None:
+    """Add ``qafl reproduce`` to the ``qafl`` command line."""
+    p = subparsers.add_parser("reproduce", help="regenerate the paper's figures (papermill over the notebooks)",
+                              description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="smoke", help="parameter profile: smoke (minutes, default) or paper "
+                   "(the paper's settings; hours) — any notebooks/params/<nb>.<profile>.yaml")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (e.g. fig1_peers)")
+    p.add_argument("--jobs", type=_positive_int, default=min(2, os.cpu_count() or 1),
+                   help="notebooks executed in parallel, each in its own kernel (default: 2, or 1 on one core)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where each notebook's runs execute (ray: qafl_core.backend.run_many)")
+    p.add_argument("--address", help="Ray cluster address for --backend ray (default: a local Ray)")
+    p.add_argument("--output-dir", help="figures, metrics and MANIFEST.json (default: <repo>/figures)")
+    p.add_argument("--executed-dir", help="executed notebooks (default: notebooks/executed, git-ignored)")
+    p.add_argument("--notebooks-dir", help="folder with the notebooks and params/ (default: the checkout's)")
+    p.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds (default: none)")
+    p.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output to the terminal")
+    p.add_argument("--list", action="store_true", help="list the selected notebooks and profiles, run nothing")
+    p.set_defaults(func=reproduce)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value

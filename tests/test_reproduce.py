@@ -1,0 +1,216 @@
+"""Tests of ``qafl reproduce`` (qafl_core.reproduce), the notebook helpers (qafl_core.figures) and the
+manifest (qafl_core.manifest), on tiny generated notebooks — the real notebooks are in test_notebooks.py."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from qafl_core import figures, manifest, reproduce, theory_grids
+from qafl_core.cli import main as qafl_main
+
+
+# ---------------------------------------------------------------------- figures: data choice and grids
+def test_choose_dataset_falls_back_without_data_dir(monkeypatch):
+    monkeypatch.delenv("QAFL_DATA_DIR", raising=False)
+    c = figures.choose_dataset("auto", prefer=["celeba", "femnist"], fallback="synthetic")
+    assert c.name == "synthetic" and c.fallback and c.requested == "celeba"
+    assert "embedded fallback for CelebA" in c.label and "QAFL_DATA_DIR" in c.reason
+    assert c.to_dict()["embedded_fallback"] is True
+    with pytest.raises(FileNotFoundError, match="femnist"):
+        figures.choose_dataset("femnist", fallback=None)
+    # embedded data never falls back
+    s = figures.choose_dataset("shakespeare", fallback="synthetic")
+    assert s.name == "shakespeare" and not s.fallback and s.label == "Shakespeare"
+
+
+def test_choose_dataset_uses_femnist_when_present(monkeypatch, tmp_path):
+    sample = tmp_path / "femnist" / "slz-ai__leaf-torch"
+    (sample / "train").mkdir(parents=True)
+    (sample / "test").mkdir()
+    monkeypatch.setenv("QAFL_DATA_DIR", str(tmp_path))
+    c = figures.choose_dataset("auto", prefer=["celeba", "femnist"], options={"femnist": {"merge": True}})
+    assert (c.name, c.fallback, dict(c.options)) == ("femnist", False, {"merge": True})
+    assert c.label == "FEMNIST (3 LEAF samples merged)"
+    monkeypatch.setenv("QAFL_DATA_DIR", str(tmp_path / "nothing"))
+    assert figures.choose_dataset("femnist").fallback
+
+
+def test_variants_grids_and_per_dataset_values():
+    choice = figures.DatasetChoice("synthetic", "femnist", fallback=True)
+    base = figures.base_config(choice, lr={"femnist": 0.1, "synthetic": 0.02}, model={"default": "auto"},
+                               num_clients=20, eval_max_samples=None, buffer_size=None)
+    assert base["lr"] == 0.02 and base["model"] == "auto" and base["eval_max_samples"] is None
+    assert "buffer_size" not in base                                   # None = the config's default
+    runs = figures.variants(base, figures.sweep("clients_per_round", [2, 4], "s = {}"), seeds=[0, 1])
+    assert [(r.label, r.config.clients_per_round, r.config.seed) for r in runs] == \
+        [("s = 2", 2, 0), ("s = 2", 2, 1), ("s = 4", 4, 0), ("s = 4", 4, 1)]
+    assert len(figures.config_hashes(runs)) == 4
+    with pytest.raises(ValueError, match="variant 's = 40'.*clients_per_round"):
+        figures.variants(base, figures.sweep("clients_per_round", [40], "s = {}"), seeds=[0])
+    with pytest.raises(ValueError, match="lr: no entry for dataset 'synthetic'"):
+        figures.base_config(choice, lr={"femnist": 0.1})
+
+
+def test_parse_variant_and_special_grids():
+    assert figures.parse_variant("quafl lattice:12") == ("QuAFL lattice:12", {"algorithm": "quafl", "quantizer": "lattice", "bits": 12})
+    assert figures.parse_variant("fedbuff identity")[1] == {"algorithm": "fedbuff", "quantizer": "identity", "bits": 32}
+    for bad in ("quafl", "sgd identity", "quafl lattice"):
+        with pytest.raises(ValueError, match="variants"):
+            figures.parse_variant(bad)
+    grid = figures.spec_grid(["quafl lattice:12", "fedavg identity"], baseline=True)
+    assert list(grid)[-1] == figures.BASELINE_LABEL and grid[figures.BASELINE_LABEL]["slow_fraction"] == 1.0
+    assert list(figures.bits_grid([8, 32])) == ["8 bits (lattice)", "32 bits (full precision)"]
+    assert figures.averaging_grid(["client only"]) == {"averaging: client only": {"server_averaging": False, "client_averaging": True}}
+    with pytest.raises(ValueError, match="averaging: unknown variant"):
+        figures.averaging_grid(["sideways"])
+
+
+def test_comparison_runs_are_identical_for_fig5_and_tab1():
+    """tab1 reuses fig5's runs only if the same parameters give the same config hashes."""
+    import yaml
+
+    params = Path(__file__).resolve().parents[1] / "notebooks" / "params"
+    for profile in ("smoke", "paper"):
+        f5 = yaml.safe_load((params / f"fig5_vs_fedbuff.{profile}.yaml").read_text())
+        t1 = yaml.safe_load((params / f"tab1_time_to_accuracy.{profile}.yaml").read_text())
+        assert f5 == t1, f"{profile}: fig5 and tab1 profiles differ"
+
+
+def test_theory_step_size_and_grids():
+    assert theory_grids.theorem_lr(9, 3, 2.0, 100) == pytest.approx(10 / (3 * 2 * 10))
+    with pytest.raises(ValueError, match="H must be > 0"):
+        theory_grids.theorem_lr(9, 3, 0.0, 100)
+    base = theory_grids.theory_base(8, 3, 5, 10, 1.0, 1.0, round_time=2.0)
+    groups = theory_grids.theory_runs(base, "lattice", 16, [10, 40], [1, 2], [1, 5], 2.0, 1.0, seeds=[0])
+    rate = groups["rate"]
+    assert [r.config.max_server_steps for r in rate] == [10, 40]
+    assert rate[0].config.lr == pytest.approx(2 * rate[1].config.lr)   # eta ~ 1/sqrt(T)
+    assert rate[1].config.time_limit == pytest.approx(2.0 * 41) and rate[0].config.eval_every == 2.0
+    assert [r.config.clients_per_round for r in groups["peers"]] == [1, 2]
+    assert {r.config.lr for r in groups["peers"] + groups["local"]} == {rate[1].config.lr}
+
+
+def test_run_grid_uses_the_cache_and_the_backend_hook(tmp_path, monkeypatch):
+    base = theory_grids.theory_base(4, 2, 2, 5, 1.0, 1.0, round_time=1.0, time_limit=5.0, lr=0.1)
+    runs = figures.variants(base, {"a": {}}, seeds=[0])
+    first = figures.run_variants(runs, cache_dir=tmp_path)
+    assert (tmp_path / runs[0].config.config_hash() / "results.csv").is_file()
+    again = figures.run_variants(runs, cache_dir=tmp_path)
+    assert np.allclose(first["value"], again["value"]) and set(again["label"]) == {"a"}
+    monkeypatch.setenv("QAFL_BACKEND", "nonexistent")
+    calls = {}
+    fake = type(sys)("qafl_core.backend")
+    fake.run_many = lambda configs, backend, address: calls.update(n=len(configs), backend=backend) or [first]
+    monkeypatch.setitem(sys.modules, "qafl_core.backend", fake)
+    assert len(figures.run_grid([r.config for r in runs])) == 1 and calls == {"n": 1, "backend": "nonexistent"}
+
+
+# ---------------------------------------------------------------------- manifest
+def test_jsonable_and_metrics_file(tmp_path):
+    assert manifest.jsonable({"a": np.float64(math.nan), "b": np.int64(3), "c": (1.5, math.inf)}) == \
+        {"a": None, "b": 3, "c": [1.5, None]}
+    choice = figures.DatasetChoice("synthetic", "femnist", fallback=True, reason="no data")
+    path = manifest.write_metrics(tmp_path, "figX", {"acc": np.float32(0.5)}, [choice], ["h2", "h1", "h1"],
+                                  {"seeds": [0]}, "smoke", [tmp_path / "figX.png"])
+    rec = json.loads(path.read_text())
+    assert rec["embedded_fallback"] is True and rec["dataset"] == "synthetic" and rec["config_hashes"] == ["h1", "h2"]
+    assert rec["headline"] == {"acc": 0.5} and rec["files"] == ["figX.png"]
+    man = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert man["figures"]["figX"]["parameters"] == {"seeds": [0]} and "headline" not in man["figures"]["figX"]
+    manifest.update_manifest(tmp_path, "figX", {"status": "ok"}, {"profile": "smoke"})
+    man = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert man["figures"]["figX"]["status"] == "ok" and man["figures"]["figX"]["profile"] == "smoke"
+
+
+# ---------------------------------------------------------------------- reproduce
+def _notebook(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "interactive"\noutput_dir = "."\nvalue = 1')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def nb_dir(tmp_path):
+    d = tmp_path / "notebooks"
+    (d / "params").mkdir(parents=True)
+    _notebook(d / "good.ipynb", "import json, pathlib\npathlib.Path(output_dir, 'good.metrics.json').write_text("
+              "json.dumps({'datasets': [{'label': 'Toy'}], 'files': ['good.png']}))\nassert value == 7")
+    _notebook(d / "bad.ipynb", "raise RuntimeError('boom at value %d' % value)")
+    for name in ("good", "bad"):
+        (d / "params" / f"{name}.smoke.yaml").write_text("value: 7\n")
+    return d
+
+
+def test_profiles_are_validated(nb_dir):
+    assert reproduce.load_profile(nb_dir, "good", "smoke") == {"value": 7}
+    with pytest.raises(FileNotFoundError, match=r"good\.paper\.yaml"):
+        reproduce.load_profile(nb_dir, "good", "paper")
+    (nb_dir / "params" / "good.smoke.yaml").write_text("- a list\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        reproduce.load_profile(nb_dir, "good", "smoke")
+    with pytest.raises(ValueError, match="unknown parameter.*valeu"):
+        reproduce.check_parameters(nb_dir / "good.ipynb", {"valeu": 7}, "good.smoke.yaml")
+    assert reproduce.discover(nb_dir) == ["bad", "good"]
+
+
+def test_schedule_respects_reuse_order(monkeypatch):
+    monkeypatch.setattr(reproduce, "AFTER", {"tab": ("fig",)})
+    order = []
+    out = reproduce.schedule(["tab", "fig", "x"], 2, lambda n: order.append(n) or reproduce.Outcome(n, ok=True))
+    assert [o.name for o in out] == ["tab", "fig", "x"] and order.index("fig") < order.index("tab")
+    out = reproduce.schedule(["tab"], 2, lambda n: reproduce.Outcome(n, ok=True))   # dependency not selected
+    assert out[0].ok
+
+
+def test_reproduce_keeps_going_reports_failures_and_writes_manifest(nb_dir, tmp_path, capsys):
+    figs = tmp_path / "figs"
+    rc = qafl_main(["reproduce", "--notebooks-dir", str(nb_dir), "--output-dir", str(figs), "--jobs", "2"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "1 ok, 1 failed" in out
+    assert "RuntimeError: boom at value 7" in out                      # the failing cell's error, profile value used
+    good_line = next(line for line in out.splitlines() if line.startswith("good "))
+    assert "Toy" in good_line and "good.png" in good_line
+    assert (nb_dir / "executed" / "good.smoke.ipynb").is_file() and (nb_dir / "executed" / "bad.smoke.ipynb").is_file()
+    man = json.loads((figs / "MANIFEST.json").read_text())
+    assert man["profile"] == "smoke" and "git_commit" in man
+    assert man["figures"]["good"]["status"] == "ok" and man["figures"]["good"]["parameters"]["value"] == 7
+    assert man["figures"]["bad"]["status"] == "failed" and "boom" in man["figures"]["bad"]["error"]
+    # --only runs one notebook; success exits 0
+    assert qafl_main(["reproduce", "--notebooks-dir", str(nb_dir), "--output-dir", str(figs), "--only", "good"]) == 0
+
+
+def test_reproduce_user_errors_exit_2(nb_dir, capsys):
+    assert qafl_main(["reproduce", "--notebooks-dir", str(nb_dir), "--only", "nope"]) == 2
+    assert "unknown notebook(s) nope; available: bad, good" in capsys.readouterr().err
+    assert qafl_main(["reproduce", "--notebooks-dir", str(nb_dir), "--profile", "paper"]) == 2
+    assert "bad.paper.yaml" in capsys.readouterr().err
+    assert qafl_main(["reproduce", "--notebooks-dir", str(nb_dir), "--list"]) == 0
+
+
+def test_private_kernel_for_this_interpreter(tmp_path, monkeypatch, nb_dir):
+    """Without a usable python3 kernelspec, reproduce writes its own for sys.executable and runs with it."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    def missing(self, name):
+        raise NoSuchKernel(name)
+
+    monkeypatch.setenv("JUPYTER_PATH", "")
+    monkeypatch.setenv("QAFL_CACHE_DIR", str(tmp_path / "cache"))
+    with monkeypatch.context() as m:
+        m.setattr(KernelSpecManager, "get_kernel_spec", missing)
+        name = reproduce.kernel_name()
+    assert name == "qafl-python3"
+    spec = json.loads((tmp_path / "cache" / "jupyter" / "kernels" / "qafl-python3" / "kernel.json").read_text())
+    assert spec["argv"][0] == sys.executable
+    out = reproduce.execute("good", nb_dir, tmp_path, {"value": 7, "output_dir": str(tmp_path), "profile": "t"}, name)
+    assert out.ok, out.error
