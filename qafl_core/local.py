@@ -113,6 +113,8 @@ class NeuralTask:
         else:
             self.eval_x, self.eval_y = dataset.x_test, dataset.y_test
         self.eval_batch_size = eval_batch_size
+        #: train the contacted clients together with :meth:`local_sgd_many` (QuAFL, FedAvg; small models)
+        self.batched = False
 
     def init_vector(self) -> torch.Tensor:
         return self.flat.vector_from_module()
@@ -125,15 +127,33 @@ class NeuralTask:
         self.module.train()
         base = self.offsets[client]
         ds = self.dataset
-        for _ in range(num_steps):
-            idx = self.batcher.next(client) + base
-            out = functional_call(self.module, state, (ds.x_train[idx],), strict=False)
-            loss = F.cross_entropy(out, ds.y_train[idx])
-            if not math.isfinite(loss.item()):
-                raise Diverged(f"client {client}: training loss became {loss.item()}")
-            grads = torch.autograd.grad(loss, params)
-            with torch.no_grad():
-                torch._foreach_add_(params, grads, alpha=-lr)
+        with self.flat.bind(state) as module:   # the module computes on row's views for all the steps
+            for _ in range(num_steps):
+                idx = self.batcher.next(client) + base   # index_select: a third of the time of x[idx]
+                loss = F.cross_entropy(module(ds.x_train.index_select(0, idx)), ds.y_train.index_select(0, idx))
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise Diverged(f"client {client}: training loss became {value}")
+                grads = torch.autograd.grad(loss, params)
+                with torch.no_grad():
+                    torch._foreach_add_(params, grads, alpha=-lr)
+
+    def local_sgd_many(self, rows: list[torch.Tensor], clients: list[int], num_steps: list[int],
+                       lrs: list[float]) -> None:
+        """:meth:`local_sgd` of several clients at once, batched (small models; :mod:`qafl_core.batched`).
+
+        The algorithms call it instead of :meth:`local_sgd` when ``self.batched`` is true; results equal
+        the sequential ones up to float rounding (same per-client mini-batch streams)."""
+        from qafl_core.batched import local_sgd_many
+
+        local_sgd_many(self, rows, clients, num_steps, lrs)
+
+    @property
+    def supports_batched(self) -> bool:
+        """Whether :meth:`local_sgd_many` supports this model (no dropout, no BatchNorm: ``mlp``, ``logreg``)."""
+        from qafl_core.batched import supports_batched
+
+        return supports_batched(self.module)
 
     @torch.no_grad()
     def evaluate(self, vec: torch.Tensor) -> dict[str, float]:

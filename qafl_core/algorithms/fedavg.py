@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from qafl_core.algorithms.base import Simulation
+from qafl_core.algorithms.base import Simulation, vector_ops_on_one_thread
 
 
 class FedAvg(Simulation):
@@ -22,25 +22,52 @@ class FedAvg(Simulation):
         # stale client models are only needed as decoding keys of key-based (lattice) quantizers
         self.clients = self.server.unsqueeze(0).repeat(self.n, 1) if getattr(quantizer, "needs_key", True) else None
         self._work = torch.empty_like(self.server)
+        self._delta = torch.empty_like(self.server)
+        self._work_rows: torch.Tensor | None = None   # batched mode without stale client models
 
+    @vector_ops_on_one_thread
     def step(self) -> None:
         cfg = self.cfg
         contacted = self.sample_clients()
         down = self.encode(self.server, "down")
-        acc = torch.zeros_like(self.server)
+        acc = self.accumulator()
         slowest = 0.0
         lr = cfg.lr * self.lr_factor()
+        if self.batched:
+            return self._step_batched(contacted, down, acc, lr)
         for i in contacted:
             row = self.clients[i] if self.clients is not None else self._work
             start = self.decode(down, row, "server->client")
             row.copy_(start)
-            self.task.local_sgd(row, i, cfg.local_steps, lr)
-            up = self.encode(start - row, "up", i)
-            acc.add_(self.decode(up, self.zeros, "client->server"))
-            self.record_contact(i, cfg.local_steps)
-            slowest = max(slowest, self.clocks.draw_sum(i, cfg.local_steps))
-            self.bits_up += up.bits
-            self.bits_down += down.bits
-        self.apply_server_delta(acc.div_(len(contacted)), cfg.server_lr)
+            self.local_sgd(row, i, cfg.local_steps, lr)
+            slowest = max(slowest, self._upload(i, start, row, down, acc))
+        self._finish(acc, len(contacted), slowest)
+
+    def _upload(self, i: int, start: torch.Tensor, row: torch.Tensor, down, acc: torch.Tensor) -> float:
+        """Client i sends Q(start - row); the server adds it to ``acc``. Returns the client's K-step time."""
+        up = self.encode(torch.sub(start, row, out=self._delta), "up", i)   # consumed below, then reused
+        acc.add_(self.decode(up, self.zeros, "client->server"))
+        self.record_contact(i, self.cfg.local_steps)
+        self.bits_up += up.bits
+        self.bits_down += down.bits
+        return self.clocks.draw_sum(i, self.cfg.local_steps)
+
+    def _step_batched(self, contacted: list[int], down, acc: torch.Tensor, lr: float) -> None:
+        """The same round with the clients' local SGD batched (every client downloads, all train, all upload:
+        a client's download, steps and upload touch only its own row, batch stream and message)."""
+        if self.clients is None and (self._work_rows is None or len(self._work_rows) < len(contacted)):
+            self._work_rows = torch.empty(len(contacted), self.task.dim)
+        rows, starts = [], []
+        for j, i in enumerate(contacted):
+            row = self.clients[i] if self.clients is not None else self._work_rows[j]
+            starts.append(self.decode(down, row, "server->client"))
+            rows.append(row.copy_(starts[-1]))
+        k = self.cfg.local_steps
+        self.local_sgd_many(rows, contacted, [k] * len(contacted), [lr] * len(contacted))
+        slowest = max(self._upload(i, start, row, down, acc) for i, start, row in zip(contacted, starts, rows))
+        self._finish(acc, len(contacted), slowest)
+
+    def _finish(self, acc: torch.Tensor, s: int, slowest: float) -> None:
+        self.apply_server_delta(acc.div_(s), self.cfg.server_lr)
         self.server_steps += 1
-        self.time += slowest + cfg.round_sit
+        self.time += slowest + self.cfg.round_sit

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from qafl_core.algorithms.base import Simulation
+from qafl_core.algorithms.base import Simulation, vector_ops_on_one_thread
 
 
 class FedBuff(Simulation):
@@ -39,6 +39,7 @@ class FedBuff(Simulation):
         self._down_cache = None
         lr = cfg.lr * (cfg.clients_per_round / self.n if cfg.fedbuff_client_lr_s_over_n else 1.0)
         self.client_lr = lr
+        self._delta = torch.empty_like(self.server)
 
     def weight(self, tau: int) -> float:
         if self.cfg.staleness == "sqrt":
@@ -61,16 +62,17 @@ class FedBuff(Simulation):
         self.start_step[i] = self.server_steps
         heapq.heappush(self.queue, (self.time + self.clocks.draw_sum(i, self.cfg.local_steps), i))
 
+    @vector_ops_on_one_thread
     def step(self) -> None:
         cfg = self.cfg
         z = cfg.effective_buffer_size
-        acc = torch.zeros_like(self.server)
+        acc = self.accumulator()
         for j in range(z):
             finish, i = heapq.heappop(self.queue)
             self.time = max(self.time, finish)
             row = self.clients[i]
-            start = row.clone()
-            self.task.local_sgd(row, i, cfg.local_steps, self.client_lr * self.lr_factor())
+            start = self._delta.copy_(row)          # reused buffer: the message is consumed before the next client
+            self.local_sgd(row, i, cfg.local_steps, self.client_lr * self.lr_factor())
             up = self.encode(start.sub_(row), "up", i)
             acc.add_(self.decode(up, self.zeros, "client->server"), alpha=self.weight(self.server_steps - self.start_step[i]))
             self.record_contact(i, cfg.local_steps)

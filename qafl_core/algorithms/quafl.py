@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from qafl_core.algorithms.base import Simulation
+from qafl_core.algorithms.base import Simulation, vector_ops_on_one_thread
 from qafl_core.timing import expected_steps_per_contact
 
 
@@ -60,8 +60,8 @@ class QuAFL(Simulation):
                              "lower sit/swt or the number of clients per round")
         return [mean_h / x for x in hs]
 
-    def progress(self, i: int, now: float) -> int:
-        """Complete client i's local steps that finish strictly before ``now`` (at most K); return how many."""
+    def _completed_steps(self, i: int, now: float) -> int:
+        """How many of client i's local steps finish strictly before ``now`` (at most K); advances its clock."""
         k, t, d = 0, self.client_time[i], self.next_duration[i]
         while k < self.cfg.local_steps and t + d < now:
             t += d
@@ -69,18 +69,37 @@ class QuAFL(Simulation):
             k += 1
         self.next_duration[i] = d
         self.client_time[i] = now  # partial progress of the in-flight step is discarded
+        return k
+
+    def progress(self, i: int, now: float) -> int:
+        """Complete client i's local steps that finish strictly before ``now`` (at most K); return how many."""
+        k = self._completed_steps(i, now)
         if k:
-            self.task.local_sgd(self.clients[i], i, k, self.client_lr[i] * self.lr_factor())
+            self.local_sgd(self.clients[i], i, k, self.client_lr[i] * self.lr_factor())
         self.record_contact(i, k)
         return k
 
+    def progress_many(self, contacted: list[int], now: float) -> None:
+        """:meth:`progress` of every contacted client with one batched local SGD call. Same results: a
+        client's steps touch only its own row and its own batch stream, and the averaging below only
+        starts after everyone's progress."""
+        ks = [self._completed_steps(i, now) for i in contacted]
+        f = self.lr_factor()
+        self.local_sgd_many([self.clients[i] for i in contacted], contacted, ks, [self.client_lr[i] * f for i in contacted])
+        for i, k in zip(contacted, ks):
+            self.record_contact(i, k)
+
+    @vector_ops_on_one_thread
     def step(self) -> None:
         cfg, p = self.cfg, self.p
         contacted = self.sample_clients()
+        if self.batched:
+            self.progress_many(contacted, self.time)
         down = self.encode(self.server, "down")
-        acc = torch.zeros_like(self.server)
+        acc = self.accumulator()
         for i in contacted:
-            self.progress(i, self.time)
+            if not self.batched:
+                self.progress(i, self.time)
             y = self.clients[i]
             up = self.encode(y, "up", i)
             acc.add_(self.decode(up, self.server, "client->server"))
