@@ -59,10 +59,18 @@ def curves(df: pd.DataFrame, metric: str = "accuracy", x: str = "time", split: s
 
 
 def last_values(df: pd.DataFrame, metric: str = "accuracy", split: str = "test",
-                by: Sequence[str] = ("label",)) -> pd.DataFrame:
-    """The final value of ``metric`` in each run: columns ``[*by, "seed", config_hash, "value", "time"]``."""
+                by: Sequence[str] = ("label",), window: int = 1) -> pd.DataFrame:
+    """The final value of ``metric`` in each run — the mean of its last ``window`` evaluations, which
+    steadies noisy federated curves: columns ``[*by, "seed", config_hash, "value", "time"]``."""
     rows = select(df, metric, split).sort_values(["time", "server_steps"])
-    last = rows.groupby(RUN, sort=False).tail(1)
+    # the initial evaluation (untrained model) never counts towards a final value, unless it is all there is
+    first = rows.groupby(RUN, sort=False).cumcount() == 0
+    only = rows.groupby(RUN, sort=False)["value"].transform("size") == 1
+    rows = rows[~first | only]
+    tail = rows.groupby(RUN, sort=False).tail(max(1, int(window)))
+    value = tail.groupby(RUN, sort=False)["value"].mean()
+    last = tail.groupby(RUN, sort=False).tail(1).set_index(RUN)
+    last = last.assign(value=value.reindex(last.index)).reset_index()
     return last[[*by, "seed", RUN, "value", "time"]].reset_index(drop=True)
 
 
@@ -72,9 +80,10 @@ def summarize(per_run: pd.DataFrame, by: Sequence[str] = ("label",), value: str 
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
 
 
-def final(df: pd.DataFrame, metric: str = "accuracy", split: str = "test", by: Sequence[str] = ("label",)) -> pd.DataFrame:
-    """Mean ± std over seeds of the final ``metric`` of each group."""
-    return summarize(last_values(df, metric, split, by), by)
+def final(df: pd.DataFrame, metric: str = "accuracy", split: str = "test", by: Sequence[str] = ("label",),
+          window: int = 1) -> pd.DataFrame:
+    """Mean ± std over seeds of the final ``metric`` of each group (see :func:`last_values` for ``window``)."""
+    return summarize(last_values(df, metric, split, by, window), by)
 
 
 def time_to_target(df: pd.DataFrame, target: float, metric: str = "accuracy", split: str = "test",

@@ -180,9 +180,15 @@ def run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None =
         torch.set_num_threads(max(1, int(threads)))
     backend = os.environ.get("QAFL_BACKEND", "local")
     if backend != "local":
-        from qafl_core.backend import run_many  # optional module (Ray); imported only when asked for
+        from qafl_core.backend import run_many  # Ray is optional: imported only when asked for
 
-        return list(run_many(list(configs), backend=backend, address=os.environ.get("QAFL_RAY_ADDRESS") or None))
+        frames = list(run_many(list(configs), backend=backend, address=os.environ.get("QAFL_RAY_ADDRESS") or None,
+                               cache_dir=cache_dir))
+        failed = [f"{cfg.config_hash()}: {df.attrs.get('error', 'failed')}" for cfg, df in zip(configs, frames)
+                  if ((df["split"] == "status") & (df["metric"] == "failed")).any()]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(frames)} runs failed on the {backend} backend: " + "; ".join(failed))
+        return frames
     from tqdm.auto import tqdm
 
     from qafl_core.runner import load_or_run

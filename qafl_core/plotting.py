@@ -63,7 +63,7 @@ def x_label(x: str, max_value: float = 0.0) -> tuple[float, str]:
 def metric_panel(ax, results: pd.DataFrame, metric: str = "accuracy", x: str = "time", split: str = "test",
                  hue: str = "label", hue_order: Sequence | None = None, title: str | None = None,
                  band: str = "sd", points: int = 60, x_max: float | None = None, logy: bool | str = False,
-                 legend_title: str | None = None, style: str | None = None):
+                 legend_title: str | None = None, style: str | None = None, palette: dict | None = None):
     """One panel: ``metric`` against ``x`` for every ``hue`` group, mean over seeds with a band.
 
     Args:
@@ -74,6 +74,7 @@ def metric_panel(ax, results: pd.DataFrame, metric: str = "accuracy", x: str = "
         hue: column that separates curves; ``hue_order`` fixes legend order and colours.
         band: ``"sd"`` (mean ± 1 std over seeds) or ``"ci"`` (95 % bootstrap CI).
         logy: log-scale y axis (gradient norms); ``"auto"``: only when the values span more than a decade.
+        palette: ``{group: colour}``, to keep colours equal across panels that show different subsets.
     """
     by = [hue] + ([style] if style and style != hue else [])
     cur = analysis.curves(results, metric, x, split, by=by, points=points, x_max=x_max)
@@ -83,9 +84,9 @@ def metric_panel(ax, results: pd.DataFrame, metric: str = "accuracy", x: str = "
         cur = cur.assign(value=cur["value"] * 100.0)
     errorbar = ("sd", 1) if band == "sd" else ("ci", 95)
     sns.lineplot(data=cur, x="x", y="value", hue=hue, hue_order=hue_order, style=style, errorbar=errorbar,
-                 ax=ax, palette="colorblind", linewidth=1.6, seed=0)
+                 ax=ax, palette=palette or "colorblind", linewidth=1.6, seed=0)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric) + ("" if split == "test" else f" [{split}]"))
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric) + ("" if split in ("test", "mean_model") else f" [{split}]"))
     if logy == "auto":
         pos = cur["value"][cur["value"] > 0]
         logy = bool(len(pos)) and float(pos.max()) > 10 * float(pos.min())
@@ -122,7 +123,7 @@ def bar_panel(ax, table: pd.DataFrame, x: str, y: str = "mean", err: str | None 
         sub = t if h is None else t[t[hue].astype(str) == h]
         pos = [cats.index(str(c)) + (j - (len(hues) - 1) / 2) * width for c in sub[x]]
         yerr = None
-        if err and err in sub:
+        if err and err in sub and sub[err].notna().any():   # no error bars at all for a single seed
             yerr = np.nan_to_num(sub[err].to_numpy(float) * factor, nan=0.0)
         ax.bar(pos, sub[y], width=width, yerr=yerr, capsize=3, color=colors[j], label=h)
     ax.set_xticks(range(len(cats)), cats, rotation=rotate, ha="right" if rotate else "center")
@@ -183,6 +184,8 @@ def comparison_figure(results: pd.DataFrame, choices: Sequence, metrics: Sequenc
     """One row per dataset (``choices``: :class:`qafl_core.figures.DatasetChoice`), one column per metric;
     ``models`` (``{dataset: model}``) is added to the panel titles."""
     fig, axes = subplots(len(metrics), len(choices))
+    groups = list(hue_order) if hue_order else list(dict.fromkeys(results["label"]))
+    palette = dict(zip(groups, sns.color_palette("colorblind", len(groups))))  # same colour in every row
     for i, choice in enumerate(choices):
         part = results[results["dataset"] == choice.name]
         order = [h for h in (hue_order or []) if h in set(part["label"])] or None
@@ -190,7 +193,8 @@ def comparison_figure(results: pd.DataFrame, choices: Sequence, metrics: Sequenc
         for j, metric in enumerate(metrics):
             ax = axes[i * len(metrics) + j]
             metric_panel(ax, part, metric, x=x, hue_order=order, logy="auto" if metric == "loss" else False,
-                         title=f"{choice.label}{model}: {metric}", legend_title="algorithm")
+                         palette=palette,
+                         title=f"{choice.label}{model}\n{metric}", legend_title="algorithm")
             if j < len(metrics) - 1 and ax.get_legend() is not None:
                 ax.get_legend().remove()
     return fig, axes

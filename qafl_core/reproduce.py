@@ -258,7 +258,8 @@ def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, nb_dir:
 
     kernel = kernel_name()
     commit = manifest.git_commit(repo_root)
-    top = {"git_commit": commit, "profile": args.profile, "python": sys.version.split()[0],
+    top = {"git_commit": commit, "profile": args.profile, "python": sys.version.split()[0], "backend": args.backend,
+           "jobs": args.jobs, "data_dir": os.environ.get("QAFL_DATA_DIR"),
            "command": "qafl reproduce " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["reproduce"] else [])}
     started = time.time()
     print(f"qafl reproduce: {len(names)} notebook(s), profile '{args.profile}', {args.jobs} job(s), kernel {kernel}, "
@@ -271,8 +272,9 @@ def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, nb_dir:
 
     def finished(o: Outcome) -> None:
         o.dataset, o.files = _read_metrics(output_dir, o.name, started)
+        params = {**profiles[o.name], "output_dir": _relative(Path(profiles[o.name]["output_dir"]), repo_root)}
         entry = {"status": "ok" if o.ok else "failed", "wall_time_s": round(o.seconds, 1), "profile": args.profile,
-                 "executed_notebook": str(o.executed), "parameters": profiles[o.name],
+                 "executed_notebook": _relative(o.executed, repo_root), "parameters": params,
                  "profile_file": f"notebooks/params/{o.name}.{args.profile}.yaml"}
         if not o.ok:
             entry.update(error=o.error, files=[], config_hashes=[], metrics=None)
@@ -291,6 +293,14 @@ def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, nb_dir:
     print(f"manifest:           {output_dir / manifest.MANIFEST}")
     print(f"executed notebooks: {executed_dir}")
     return 1 if failed else 0
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the checkout when inside it (the manifest is committed), else absolute."""
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def register(subparsers) -> None:

@@ -100,7 +100,7 @@ def test_notebook_runs_on_smoke_profile(smoke, name):
     man = json.loads((figs / "MANIFEST.json").read_text())
     entry = man["figures"][name]
     assert entry["status"] == "ok" and entry["profile"] == "smoke" and entry["config_hashes"] == rec["config_hashes"]
-    assert entry["parameters"]["output_dir"] == str(figs)
+    assert entry["parameters"]["output_dir"] == str(figs) and entry["wall_time_s"] > 0
 
 
 def test_reproduce_exit_status_and_summary(smoke):

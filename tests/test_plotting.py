@@ -40,6 +40,11 @@ def test_final_is_mean_and_std_over_seeds(results):
     assert fin.loc["A", "std"] == pytest.approx(np.std([0.7, 0.9], ddof=1))
     assert fin.loc["B", "mean"] == pytest.approx(0.3)
     assert list(fin["n"]) == [2, 2]
+    # window: each run's final value is the mean of its last evaluations (A: 0.65 and 0.75)
+    assert analysis.final(results, window=2).set_index("label").loc["A", "mean"] == pytest.approx(0.7)
+    # ... but never the untrained model's evaluation at t = 0
+    two = _run("C", 0, [0.0, 10.0], [0.05, 0.5])
+    assert analysis.final(two, window=3)["mean"].iloc[0] == pytest.approx(0.5)
 
 
 def test_curves_interpolate_inside_each_run(results):
@@ -82,9 +87,11 @@ def test_missing_metric_is_a_clear_error(results):
 
 
 def test_headlines_relative_target_and_tab1(results):
-    assert headlines.target_accuracy(results, None, 0.5) == pytest.approx(0.4)   # 0.5 x best final (0.8)
+    # relative target: 0.5 x the best final accuracy, A's mean over seeds of its last 3 evaluations
+    assert headlines.target_accuracy(results, None, 0.5) == pytest.approx(0.5 * (0.4 + 0.6 + 0.7 + 0.5 + 0.6 + 0.9) / 6)
     assert headlines.target_accuracy(results, 0.3, 0.5) == 0.3
     frame = headlines.tab1_frame(results, {"synthetic": 0.55}, 0.8)
+    assert frame.set_index("algorithm").loc["A", "final_accuracy_mean"] == pytest.approx((0.6 + 0.7 + 0.6 + 0.9 + 0.4 + 0.5) / 6)
     md = headlines.tab1_markdown(frame)
     assert "| synthetic | A | 55.0 % | 20 ± 0 |" in md and "not reached" in md
     h = headlines.fig1(results, [1, 2], ["A", "B"], None, 0.8)
@@ -112,3 +119,17 @@ def test_bits_axis_switches_to_gbit():
     assert plotting.bits_scale(5e9) == (1e6, "data sent, up + down (Mbit)")
     assert plotting.bits_scale(2e10)[1] == "data sent, up + down (Gbit)"
     assert plotting.band_note(1) == "1 seed (no band)" and plotting.band_note(3) == "mean ± 1 std over 3 seeds"
+
+
+def test_comparison_figure_keeps_colours_across_datasets():
+    from qafl_core.figures import DatasetChoice
+
+    t = [0.0, 10.0, 20.0]
+    res = pd.concat([_run("A", 0, t, [0.1, 0.2, 0.3], dataset="d1"), _run("B", 0, t, [0.1, 0.3, 0.5], dataset="d1"),
+                     _run("B", 0, t, [0.1, 0.3, 0.4], dataset="d2", h="x")], ignore_index=True)
+    fig, axes = plotting.comparison_figure(res, [DatasetChoice("d1", "d1"), DatasetChoice("d2", "d2")],
+                                           ("accuracy",), hue_order=["A", "B"], models={"d1": "m1"})
+    colour = {ax.get_title(): {ln.get_label(): ln.get_color() for ln in ax.get_lines()} for ax in axes}
+    assert colour["d1 [m1]\naccuracy"]["B"] == colour["d2\naccuracy"]["B"]
+    assert colour["d1 [m1]\naccuracy"]["A"] != colour["d1 [m1]\naccuracy"]["B"]
+    plotting.plt.close(fig)

@@ -106,9 +106,14 @@ def test_run_grid_uses_the_cache_and_the_backend_hook(tmp_path, monkeypatch):
     monkeypatch.setenv("QAFL_BACKEND", "nonexistent")
     calls = {}
     fake = type(sys)("qafl_core.backend")
-    fake.run_many = lambda configs, backend, address: calls.update(n=len(configs), backend=backend) or [first]
+    fake.run_many = lambda configs, backend, address, cache_dir: calls.update(n=len(configs), backend=backend) or [first]
     monkeypatch.setitem(sys.modules, "qafl_core.backend", fake)
     assert len(figures.run_grid([r.config for r in runs])) == 1 and calls == {"n": 1, "backend": "nonexistent"}
+    bad = first.iloc[:1].assign(split="status", metric="failed")
+    bad.attrs["error"] = "OOM"
+    fake.run_many = lambda configs, backend, address, cache_dir: [bad]
+    with pytest.raises(RuntimeError, match="1 of 1 runs failed on the nonexistent backend: .*OOM"):
+        figures.run_grid([r.config for r in runs])
 
 
 # ---------------------------------------------------------------------- manifest
