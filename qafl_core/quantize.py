@@ -248,13 +248,17 @@ class LatticeQuantizer:
         dither = self._dither(int(msg.payload["seed"]) if "seed" in msg.payload else None)
         out = torch.empty(n, dtype=torch.float32)
         failures = 0
+        inv_eps_q = self.inv_eps / self.q               # exact: q is a power of two
         for a in range(0, n, _CHUNK):
             c = codes[a:a + _CHUNK].to(torch.float64)   # any representative of m mod q decodes (signed 32-bit too)
             t = torch.zeros_like(c) if key is None else key[a:a + _CHUNK].to(torch.float64, copy=True)
             u = dither(c.numel()) if dither is not None else None
             if u is not None:
                 t.add_(u)                                # the sender rounded x + u: compare like with like
-            t.mul_(self.inv_eps).sub_(c).mul_(1.0 / self.q).round_().mul_(self.q).add_(c)   # m_hat (exact integers)
+            # m_hat = c + q*round((t/eps - c)/q), 3 ops instead of 6: scaling by 1/q (a power of two) commutes with
+            # float64 rounding and c/q, q*round(.) are exact, so this is bit-identical to the step-by-step form
+            t.mul_(inv_eps_q).sub_(c, alpha=1.0 / self.q).round_()
+            torch.add(c, t, alpha=self.q, out=t)         # m_hat (exact integers)
             if check is not None:
                 true_m = check[a:a + _CHUNK].to(torch.float64)
                 if not torch.equal(t, true_m):          # fast path when nothing wrapped
