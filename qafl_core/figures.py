@@ -59,7 +59,7 @@ class DatasetChoice:
         """Title fragment, e.g. ``"FEMNIST"`` or ``"LEAF Synthetic (embedded fallback for FEMNIST)"``."""
         name = PRETTY.get(self.name, self.name)
         if self.name == "femnist" and self.options.get("merge"):
-            name += " (3 LEAF samples merged)"
+            name += " (LEAF samples merged)"
         if self.fallback:
             return f"{name} (embedded fallback for {PRETTY.get(self.requested, self.requested)})"
         return name

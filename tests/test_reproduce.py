@@ -36,7 +36,7 @@ def test_choose_dataset_uses_femnist_when_present(monkeypatch, tmp_path):
     monkeypatch.setenv("QAFL_DATA_DIR", str(tmp_path))
     c = figures.choose_dataset("auto", prefer=["celeba", "femnist"], options={"femnist": {"merge": True}})
     assert (c.name, c.fallback, dict(c.options)) == ("femnist", False, {"merge": True})
-    assert c.label == "FEMNIST (3 LEAF samples merged)"
+    assert c.label == "FEMNIST (LEAF samples merged)"
     monkeypatch.setenv("QAFL_DATA_DIR", str(tmp_path / "nothing"))
     assert figures.choose_dataset("femnist").fallback
 
