@@ -189,8 +189,7 @@ NOTEBOOKS["fig4_vs_fedavg"] = dict(
 Paper (PAPER.md §6.3, §4): CIFAR-10, ResNet-20, n = 20, 25 % slow clients; "QuAFL converges faster in wall-clock
 because the server need not wait for slow clients".  FedAvg waits for the slowest sampled client each round.
 *Baseline*: FedAvg with one client per round, one local step, no interaction time and every client slow — a
-single slow node taking one SGD step per round; the paper's node holds all training data, ours draws a client of
-the same federation for each step.  Here: **FEMNIST** when under `$QAFL_DATA_DIR` (set `dataset = "cifar10"` for
+single slow node taking one SGD step per round on all the federation's training data (`dataset_options.pool`).  Here: **FEMNIST** when under `$QAFL_DATA_DIR` (set `dataset = "cifar10"` for
 the paper's data), else the embedded **LEAF Synthetic** data (*embedded fallback*).""",
     cells=[
         ("## Runs", """choice = figures.choose_dataset(dataset, prefer=["femnist"], fallback=fallback_dataset, options=dataset_options)

@@ -159,7 +159,10 @@ def variants(base: Mapping[str, Any], grid: Mapping[str, Mapping[str, Any]], see
     for label, over in grid.items():
         for seed in seeds:
             try:
-                cfg = RunConfig.from_dict({**base, **dict(over), "seed": int(seed)}, source=f"variant {label!r}")
+                merged = {**base, **dict(over), "seed": int(seed)}
+                if "dataset_options" in over:  # a variant's loader options add to the base's, not replace them
+                    merged["dataset_options"] = {**dict(base.get("dataset_options") or {}), **dict(over["dataset_options"])}
+                cfg = RunConfig.from_dict(merged, source=f"variant {label!r}")
             except ValueError as exc:
                 raise ValueError(f"variant {label!r}: {exc}") from None
             runs.append(Run(str(label), cfg))
@@ -259,11 +262,10 @@ def spec_grid(specs: Sequence[str], baseline: bool = False) -> dict[str, dict[st
 
 
 #: Fig. 4's "Baseline": FedAvg with one client per round, one local step, no interaction time, every client
-#: slow — a single slow node taking one SGD step per round (PAPER.md §4).  The paper's node holds the whole
-#: training set; here it samples one client of the same federation per step (the engine has no "pool all
-#: clients into one" option yet), which is the same SGD on client-uniform rather than sample-uniform batches.
+#: slow — a single slow node taking one SGD step per round (PAPER.md §4), holding the whole training set of the
+#: federation (``dataset_options.pool``).
 BASELINE = {"algorithm": "fedavg", "quantizer": "identity", "bits": 32, "clients_per_round": 1, "local_steps": 1,
-            "sit": 0.0, "swt": 0.0, "slow_fraction": 1.0}
+            "sit": 0.0, "swt": 0.0, "slow_fraction": 1.0, "dataset_options": {"pool": True}}
 BASELINE_LABEL = "Baseline: single slow node"
 
 #: Fig. 3's averaging variants (PAPER.md §2.3): which side averages its model with the received one.

@@ -42,9 +42,17 @@ def _load_dataset_cached(name: str, root: str | None, options_json: str):
 
 
 def build_dataset(cfg: RunConfig):
-    """The federated dataset of ``cfg``, restricted to ``num_clients`` clients where asked."""
+    """The federated dataset of ``cfg``, restricted to ``num_clients`` clients where asked.
+
+    Two options are handled here rather than by the loaders: ``subset_seed`` (which clients a smaller
+    ``num_clients`` keeps; default 0, independent of the run seed) and ``pool: true``, which merges the
+    (selected) clients into one node holding all their data — the paper's single-node "Baseline".
+    """
     opts = dict(cfg.dataset_options)
     subset_seed = int(opts.pop("subset_seed", 0))
+    pool = opts.pop("pool", False)
+    if not isinstance(pool, bool):
+        raise ValueError(f"dataset_options.pool: expected true/false, got {pool!r}")
     if cfg.dataset in ("fmnist", "mnist", "cifar10"):
         opts.setdefault("num_clients", cfg.num_clients or 100)
         opts.setdefault("seed", subset_seed)
@@ -57,7 +65,7 @@ def build_dataset(cfg: RunConfig):
 
         idx = torch.randperm(ds.num_clients, generator=torch_generator(subset_seed, "client_subset"))[: cfg.num_clients]
         ds = ds.subset(sorted(idx.tolist()))
-    return ds
+    return ds.pooled() if pool else ds
 
 
 def build_task(cfg: RunConfig):

@@ -115,6 +115,13 @@ class FederatedDataset:
             [self.hierarchies[i] for i in idx] if self.hierarchies is not None else None,
             {**self.info, "subset_of": self.num_clients})
 
+    def pooled(self) -> "FederatedDataset":
+        """One client holding every client's train and test samples (a centralised node)."""
+        return FederatedDataset(self.name, ["pooled"], self.x_train, self.y_train,
+                                torch.tensor([0, len(self.y_train)]), self.x_test, self.y_test,
+                                torch.tensor([0, len(self.y_test)]), self.num_classes, None,
+                                {**self.info, "pooled_clients": self.num_clients})
+
     def stats(self) -> dict[str, Any]:
         """Statistics in the spirit of LEAF's ``stats.sh`` (per-client counts over train + test)."""
         tr, te = self.train_counts().double(), self.test_counts().double()
