@@ -1,0 +1,224 @@
+"""``qafl bench``: what the simulator costs beyond the clients' local SGD (issue "Speed").
+
+Every ratio compares two runs made in this process, interleaved (A, B, A, B, ...: each engine round is
+followed by the bare loop replaying exactly its steps), median of several repetitions, so that load from
+other processes cancels out as far as it can. Single-threaded
+runs are timed in this process's CPU time (on a shared 2-core machine, wall-clock pairs swung by
++-30 %; CPU time barely moves); anything multi-threaded or multi-process in wall-clock time.
+
+* ``engine_vs_bare_cnn`` -- QuAFL (identity quantizer; n = 20, s = 5, K = 5, batch 32, sit = 10) on the LEAF
+  FEMNIST CNN vs a bare torch loop (one ``nn.Module``, ``torch.optim.SGD``, ``loss.backward()``, batches
+  sliced from pre-loaded tensors) replaying the same (client, steps) calls on the same clients' data.
+  Per-step times; one intra-op thread on both sides; evaluation is not on the timed path (the runner
+  evaluates every ``eval_every`` only). FEMNIST: the real LEAF sample (first 20 writers) when
+  ``$QAFL_DATA_DIR`` is set, else FEMNIST-shaped random data (the line says which).
+* ``engine_vs_bare_mlp`` -- the same for the paper code's MLP 784-32-10 (n = 20, s = 5, K = 5, batch 128) on
+  Fashion-MNIST shards (MNIST-shaped random data when the files are absent); one thread (the runner's
+  rule for models under 200k coordinates).
+* ``batched_vs_bare_mlp`` -- the same engine with the contacted clients' local SGD batched
+  (:mod:`qafl_core.batched`) vs the same sequential bare loop.
+* ``flower_vs_engine`` -- Flower's ``run_simulation`` FedAvg round / this engine's FedAvg round on the MLP
+  workload (``bench/flower_compare.py`` in a child process, the engine rounds run between Flower's;
+  skipped when Flower is not installed).
+* ``quantizer_gbps`` -- lattice and QSGD (b = 10) encode+decode throughput on a 6.6 M-coordinate vector
+  (the FEMNIST CNN) next to ``copy_``, GB/s of float32 input; target: one message costs less than one CNN
+  SGD step (batch 32), timed interleaved with the quantizers; all on one thread, as the engine runs them.
+* ``peak_rss_300_clients_gb`` -- peak resident memory (``ru_maxrss`` of a child process, via ``os.wait4``)
+  of a QuAFL run (lattice, b = 10) with 300 FEMNIST-CNN clients: evaluation, a few rounds, evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qafl_core.bench_workloads import cnn_dataset, engine_pair, keep_freed_memory, mlp_dataset, quantizer_throughput
+
+NAMES = ("engine_vs_bare_cnn", "engine_vs_bare_mlp", "batched_vs_bare_mlp", "flower_vs_engine", "quantizer_gbps",
+         "peak_rss_300_clients_gb")
+FLOWER_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "flower_compare.py"
+
+
+@dataclass
+class Line:
+    """One benchmark result: ``value`` against ``target`` (``passed`` None: skipped or informational)."""
+
+    name: str
+    value: Any
+    target: str
+    passed: bool | None
+    note: str = ""
+    detail: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- sizes
+SIZES = {
+    # cnn: n, s, K, batch, timed rounds per repetition, repetitions; mlp likewise; flower rounds; rss clients/rounds
+    "full": dict(cnn=(20, 5, 5, 32, 1, 11), mlp=(20, 5, 5, 128, 20, 9), flower=10, rss=(300, 3), quant_reps=7),
+    "quick": dict(cnn=(20, 5, 5, 32, 1, 5), mlp=(20, 5, 5, 128, 10, 5), flower=5, rss=(300, 1), quant_reps=3),
+    "tiny": dict(cnn=(4, 2, 2, 8, 1, 2), mlp=(4, 2, 2, 16, 2, 2), flower=4, rss=(4, 1), quant_reps=2),
+}
+
+
+def _ratio_line(name: str, res: dict, limit: float, what: str) -> Line:
+    v = res["ratio"]
+    note = (f"{what}: engine {res['engine_ms']:.2f} ms/step, bare {res['bare_ms']:.2f} ms/step, "
+            f"{res['steps']} steps in {res['reps']} reps, {res['threads']} thread(s), {res['clock']} time")
+    return Line(name, round(v, 3), f"<= {limit:.2f}", v <= limit, note, res)
+
+
+def bench_cnn(size: str) -> Line:
+    n, s, k, b, rounds, reps = SIZES[size]["cnn"]
+    ds, source = cnn_dataset(n, tiny=size == "tiny")
+    res = engine_pair(ds, "femnist_cnn", s, k, b, rounds, reps, threads=1)
+    return _ratio_line("engine_vs_bare_cnn", res, 1.10, f"QuAFL identity, FEMNIST CNN ({source}), n={n} s={s} K={k} batch {b}")
+
+
+def bench_mlp(size: str, batched: bool = False) -> Line:
+    n, s, k, b, rounds, reps = SIZES[size]["mlp"]
+    ds, source = mlp_dataset(n, tiny=size == "tiny")
+    res = engine_pair(ds, "mlp", s, k, b, rounds, reps, batched=batched)
+    what = f"QuAFL identity{' batched' if batched else ''}, MLP 784-32-10 ({source}), n={n} s={s} K={k} batch {b}"
+    if batched:
+        return _ratio_line("batched_vs_bare_mlp", res, 1.0, what)
+    return _ratio_line("engine_vs_bare_mlp", res, 1.5, what)
+
+
+def bench_flower(size: str) -> Line:
+    import importlib.util
+
+    name, target = "flower_vs_engine", ">= 40"
+    if importlib.util.find_spec("flwr") is None:
+        return Line(name, None, target, None, "skipped: Flower is not installed (pip install 'flwr[simulation]', "
+                                                "the project's 'bench' extra)")
+    if not FLOWER_SCRIPT.is_file():
+        return Line(name, None, target, None, f"skipped: {FLOWER_SCRIPT} not found (run from a source checkout)")
+    proc = subprocess.run([sys.executable, str(FLOWER_SCRIPT), "--rounds", str(SIZES[size]["flower"])],
+                          capture_output=True, text=True, timeout=900)
+    out = [ln for ln in proc.stdout.splitlines() if ln.startswith("FLOWER_BENCH_JSON ")]
+    if proc.returncode != 0 or not out:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return Line(name, None, target, False, f"Flower run failed (exit {proc.returncode}): {' | '.join(tail)}")
+    res = json.loads(out[-1].split(" ", 1)[1])
+    v = res["ratio"]
+    note = (f"Flower {res['flower_version']} FedAvg round {res['flower_round_s']:.3f} s vs engine FedAvg round "
+            f"{res['engine_round_s'] * 1e3:.1f} ms ({res['rounds_counted']} rounds; Flower start-up "
+            f"{res['startup_s']:.0f} s + first rounds not counted); {res['workload']}")
+    return Line(name, round(v, 1), target, v >= 40, note, res)
+
+
+def bench_quantizers(size: str) -> Line:
+    tiny = size == "tiny"
+    res = quantizer_throughput(100_000 if tiny else 6_603_710, SIZES[size]["quant_reps"],
+                               step_model="mlp" if tiny else "femnist_cnn")
+    value = {k: round(v, 2) for k, v in res["gbps"].items()}
+    ms = res["ms"]
+    ok = max(ms["lattice"], ms["qsgd"]) < ms["sgd_step"]
+    note = (f"GB/s of float32 input, encode+decode, d={res['d']} (FEMNIST CNN), b=10, 1 thread, median of "
+            f"{res['reps']}: lattice {ms['lattice']:.1f} ms, qsgd {ms['qsgd']:.1f} ms, copy {ms['copy']:.2f} ms "
+            f"per message vs {ms['sgd_step']:.1f} ms per CNN SGD step (batch 32, 1 thread), interleaved")
+    return Line("quantizer_gbps", value, "message < 1 CNN SGD step", ok, note, res)
+
+
+def bench_rss(size: str) -> Line:
+    clients, rounds = SIZES[size]["rss"]
+    model = "femnist_cnn" if size != "tiny" else "mlp"
+    cmd = [sys.executable, "-m", "qafl_core.bench_workloads", "rss", str(clients), str(rounds), model]
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)    # this child's own rusage (RUSAGE_CHILDREN mixes all children)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        fo.seek(0)
+        fe.seek(0)
+        out, err = fo.read(), fe.read()
+    name, target = "peak_rss_300_clients_gb", "< 12"
+    lines = [ln for ln in out.splitlines() if ln.startswith("RSS_JSON ")]
+    if proc.returncode != 0 or not lines:
+        tail = err.strip().splitlines()[-3:]
+        return Line(name, None, target, False, f"child run failed (exit {proc.returncode}): {' | '.join(tail)}")
+    res = json.loads(lines[-1].split(" ", 1)[1])
+    res["ru_maxrss_bytes"] = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    gb = res["ru_maxrss_bytes"] / 1e9
+    note = (f"QuAFL lattice b=10, {clients} clients x {res['dim']} coords ({res['source']}), {res['rounds']} rounds "
+            f"+ 2 evaluations; client matrix {res['client_matrix_bytes'] / 1e9:.2f} GB; ru_maxrss of the child")
+    return Line(name, round(gb, 2), target, gb < 12, note, res)
+
+
+RUNNERS = {"engine_vs_bare_cnn": bench_cnn, "engine_vs_bare_mlp": bench_mlp,
+           "batched_vs_bare_mlp": lambda size: bench_mlp(size, batched=True), "flower_vs_engine": bench_flower,
+           "quantizer_gbps": bench_quantizers, "peak_rss_300_clients_gb": bench_rss}
+
+
+# ---------------------------------------------------------------------- output
+def format_table(lines: list[Line]) -> str:
+    """A fixed-width table: name, value, target, pass/fail/skip, note."""
+    rows = [f"{'name':<26} {'value':>28}  {'target':<24} {'result':<6} note"]
+    for ln in lines:
+        if isinstance(ln.value, dict):
+            val = " ".join(f"{k}={v}" for k, v in ln.value.items())
+        else:
+            val = "-" if ln.value is None else str(ln.value)
+        res = "skip" if ln.passed is None else "pass" if ln.passed else "FAIL"
+        rows.append(f"{ln.name:<26} {val:>28}  {ln.target:<24} {res:<6} {ln.note}")
+    return "\n".join(rows)
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": sys.version.split()[0], "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def run_bench(names: list[str], size: str, log=None) -> list[Line]:
+    keep_freed_memory()      # an allocator artifact of interleaving two loops in one process (see its docstring)
+    out = []
+    for name in names:
+        t = time.perf_counter()
+        line = RUNNERS[name](size)
+        line.detail["wall_s"] = round(time.perf_counter() - t, 1)
+        if log is not None:
+            log(f"[{line.detail['wall_s']:.0f} s] {format_table([line]).splitlines()[1]}")
+        out.append(line)
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure the simulator against a bare torch loop and Flower",
+                       description="Engine cost vs a bare torch loop and Flower, quantizer throughput, peak memory. "
+                                   "Ratios of interleaved runs in one process (medians). See bench/README.md.")
+    p.add_argument("--json", action="store_true", help="print one JSON object (a key per line) instead of the table")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and rounds (about a minute less)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # toy sizes: tests check that it runs
+    p.add_argument("--only", metavar="NAMES", help=f"comma-separated subset of: {', '.join(NAMES)}")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    names = list(NAMES)
+    if args.only:
+        names = [x.strip() for x in args.only.split(",") if x.strip()]
+        unknown = [x for x in names if x not in NAMES]
+        if unknown:
+            raise ValueError(f"--only: unknown benchmark(s) {', '.join(unknown)}; expected some of {', '.join(NAMES)}")
+    size = "tiny" if args.tiny else "quick" if args.quick else "full"
+    log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    lines = run_bench(names, size, log)
+    if args.json:
+        obj = {ln.name: {k: v for k, v in asdict(ln).items() if k != "name"} for ln in lines}
+        obj["machine"] = machine()
+        obj["size"] = size
+        print(json.dumps(obj, default=str))
+    else:
+        m = machine()
+        print(f"qafl bench ({size}): {m['cpus']} CPUs, torch {m['torch']}, load average {m['load_avg_1m']:.1f}")
+        print(format_table(lines))
+    return 1 if any(ln.passed is False for ln in lines) else 0
