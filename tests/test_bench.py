@@ -67,6 +67,9 @@ def test_batched_rejects_models_without_batched_forward():
     with pytest.raises(ValueError, match="batched_clients"):
         task.local_sgd_many([task.init_vector()], [0], [1], [0.1])
     assert NeuralTask(random_dataset("mnist", 2, 8, (1, 28, 28), 10), "mlp", 0, 4).supports_batched
+    task.batched = True
+    with pytest.raises(ValueError, match="batched_clients: FmnistCNN"):
+        build_simulation(RunConfig(dataset="mnist", clients_per_round=1, progress=False), task)
 
 
 @pytest.mark.parametrize("cls", [QuAFL, FedAvg, FedBuff])

@@ -81,8 +81,9 @@ class Simulation:
         self._sgd_threads: int | None = None
         # batched local SGD of the contacted clients (small models; see qafl_core.batched)
         self.batched = bool(getattr(cfg, "batched_clients", False) or getattr(task, "batched", False))
-        if self.batched and not hasattr(task, "local_sgd_many"):
-            raise ValueError(f"batched_clients: the {type(task).__name__} task has no batched local SGD")
+        if self.batched and not (hasattr(task, "local_sgd_many") and getattr(task, "supports_batched", True)):
+            model = type(getattr(task, "module", task)).__name__
+            raise ValueError(f"batched_clients: {model} has no batched local SGD (supported: MLP, LogReg models)")
 
     # ------------------------------------------------------------------ protocol pieces
     def step(self) -> None:  # pragma: no cover - abstract
