@@ -94,6 +94,14 @@ def bench_mlp(size: str, batched: bool = False) -> Line:
     return _ratio_line("engine_vs_bare_mlp", res, 1.5, what)
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a benchmark child process.  The children (and Flower's Ray workers) import
+    qafl_core, so this checkout goes first on PYTHONPATH: that works whether or not the package is installed
+    (e.g. ``python -m qafl_core bench`` run from the source tree)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+
+
 def bench_flower(size: str) -> Line:
     import importlib.util
 
@@ -103,8 +111,10 @@ def bench_flower(size: str) -> Line:
                                                 "the project's 'bench' extra)")
     if not FLOWER_SCRIPT.is_file():
         return Line(name, None, target, None, f"skipped: {FLOWER_SCRIPT} not found (run from a source checkout)")
+    # the script (and Flower's Ray workers) import qafl_core: make this checkout importable even when the
+    # package is not installed (e.g. `python -m qafl_core bench` from the source tree)
     proc = subprocess.run([sys.executable, str(FLOWER_SCRIPT), "--rounds", str(SIZES[size]["flower"])],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=_child_env())
     out = [ln for ln in proc.stdout.splitlines() if ln.startswith("FLOWER_BENCH_JSON ")]
     if proc.returncode != 0 or not out:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -135,7 +145,7 @@ def bench_rss(size: str) -> Line:
     model = "femnist_cnn" if size != "tiny" else "mlp"
     cmd = [sys.executable, "-m", "qafl_core.bench_workloads", "rss", str(clients), str(rounds), model]
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
-        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True)
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env=_child_env())
         _, status, usage = os.wait4(proc.pid, 0)    # this child's own rusage (RUSAGE_CHILDREN mixes all children)
         proc.returncode = os.waitstatus_to_exitcode(status)
         fo.seek(0)

@@ -85,6 +85,7 @@ class RunConfig:
     checkpoint_every: float | None = None
     eval_workers: int = 1
     num_threads: int | None = None        # torch intra-op threads; None -> 1 for small models (< 200k coords), else torch's default
+    batched_clients: bool = False         # suite extension: contacted clients' local SGD batched together (MLP/LogReg only)
 
     def __post_init__(self) -> None:
         _check_choice("algorithm", self.algorithm, ALGORITHMS)
@@ -134,7 +135,7 @@ class RunConfig:
         if not isinstance(self.dataset_options, Mapping):
             raise ValueError(f"dataset_options: expected a mapping, got {type(self.dataset_options).__name__}")
         for name in ("lr_decay", "scale_sit_by_bits", "server_averaging", "client_averaging", "client_lr_scaling",
-                     "speed_lr_correction", "fedbuff_client_lr_s_over_n", "progress"):
+                     "speed_lr_correction", "fedbuff_client_lr_s_over_n", "progress", "batched_clients"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true/false, got {getattr(self, name)!r}")
 

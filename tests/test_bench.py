@@ -169,3 +169,15 @@ def test_flower_line_is_skipped_without_flower(monkeypatch):
     line = bench.bench_flower("tiny")
     assert line.value is None and line.passed is None and "Flower is not installed" in line.note
     assert "skip" in bench.format_table([line]).splitlines()[1].split()
+
+
+def test_batched_clients_config_key_turns_batching_on_and_is_validated():
+    cfg = RunConfig(dataset="mnist", clients_per_round=3, local_steps=4, batch_size=8, lr=0.1, progress=False,
+                    batched_clients=True)
+    assert cfg.config_hash() != cfg.replace(batched_clients=False).config_hash()   # a different run
+    assert build_simulation(cfg, NeuralTask(_ragged_dataset(), "mlp", 0, 8)).batched
+    assert not build_simulation(cfg.replace(batched_clients=False), NeuralTask(_ragged_dataset(), "mlp", 0, 8)).batched
+    with pytest.raises(ValueError, match="batched_clients: FmnistCNN"):
+        build_simulation(cfg, NeuralTask(_ragged_dataset(), "fmnist_cnn", 0, 8))
+    with pytest.raises(ValueError, match="batched_clients: expected true/false"):
+        RunConfig(batched_clients="yes")
