@@ -140,6 +140,8 @@ def init_ray(address: str | None = None) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
+    # CPU-only tasks: opt in to Ray's future behaviour of leaving CUDA_VISIBLE_DEVICES alone (and its FutureWarning off)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     common = dict(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     if address:
         ray.init(address=address, **common)
