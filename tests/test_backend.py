@@ -5,6 +5,7 @@ Ray starts once for the module (a few seconds); the runs are tiny quadratic / Sy
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import pandas as pd
@@ -89,6 +90,7 @@ def test_sweep_with_checkpoints_gives_the_same_tables(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'qafl[ray]' or the test extra)")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")   # as qafl_core.backend.init_ray does
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
