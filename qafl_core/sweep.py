@@ -65,6 +65,12 @@ def expand(base: Mapping[str, Any], grid: Mapping[str, list], seeds: int,
     both = sorted(set(base) & set(grid))
     if both:
         raise ValueError(f"{source}: {', '.join(both)}: given both as a value and in grid")
+    from qafl_core.runner import COLUMNS
+
+    clash = sorted(k for k, vals in grid.items() if k in {"run", *COLUMNS} and any(isinstance(v, dict) for v in vals))
+    if clash:
+        raise ValueError(f"{source}: grid: {', '.join(clash)}: a bundle axis (a list of mappings) needs a name that is "
+                         f"not a column of the results table (e.g. variant)")
     out = []
     keys = list(grid)
     for combo in itertools.product(*(grid[k] for k in keys)):
@@ -168,8 +174,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None, help="run cache (default OUT/runs); runs already there are not rerun")
     p.add_argument("--checkpoint-every", type=float, default=None, metavar="T",
                    help="checkpoint each run every T simulated-time units in the cache; a rerun continues them")
+    p.add_argument("--plot", action="store_true",
+                   help="also write OUT/curves.png and .pdf: test accuracy and loss against simulated time and bits")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_sweep)
+
+
+def plot_sweep(results: pd.DataFrame, grid_keys: list[str], out: str | Path) -> list[Path]:
+    """Test accuracy and loss (suboptimality / gradient norm for quadratics) of every grid point against
+    simulated time and against bits sent (up + down), mean over seeds with a +-1 std band; saved as
+    ``out/curves.png`` and ``.pdf``."""
+    from qafl_core import plotting
+
+    # curve labels: the algorithm/compression columns and plain grid axes that vary (a bundle axis shows up
+    # through the columns it sets)
+    plain = [k for k in grid_keys if k in results and not results[k].astype(str).str.contains("=").any()]
+    keys = [c for c in dict.fromkeys(["algorithm", "quantizer", "bits", *plain]) if results[c].nunique() > 1]
+    table = results.assign(label=results[keys or ["algorithm"]].astype(str).agg(" ".join, axis=1))
+    order = list(dict.fromkeys(table.label))
+    have = set(results.loc[results.split == "test", "metric"])
+    metrics = [m for m in ("accuracy", "loss", "suboptimality", "grad_sq") if m in have][:2]
+    if not metrics:
+        raise ValueError(f"--plot: no test metrics to plot in the results (have {sorted(have)})")
+    fig, axes = plotting.subplots(ncols=2, nrows=len(metrics), width=5.6, height=3.8)
+    palette = dict(zip(order, plotting.sns.color_palette("colorblind", len(order))))
+    for k, (row, metric) in enumerate(zip(axes.reshape(len(metrics), 2), metrics)):
+        for ax, x in zip(row, ("time", "bits")):
+            plotting.metric_panel(ax, table, metric, x=x, hue="label", hue_order=order, palette=palette,
+                                  legend_title="", logy="auto" if metric in ("suboptimality", "grad_sq") else False)
+            if not (k == 0 and x == "time") and ax.get_legend() is not None:
+                ax.get_legend().remove()
+    seeds = int(results.seed.nunique())
+    from qafl_core.figures import PRETTY
+
+    names = ", ".join(PRETTY.get(d, d) for d in sorted(results.dataset.unique()))
+    plotting.suptitle(fig, f"{names}: server model on the test set",
+                      plotting.band_note(seeds))
+    return plotting.save(fig, out, "curves", close=True)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -181,9 +222,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if args.checkpoint_every <= 0:
             raise ValueError(f"--checkpoint-every: must be > 0, got {args.checkpoint_every}")
         base["checkpoint_every"] = args.checkpoint_every
-    _, summary = sweep(base, grid, args.seeds, args.out, backend=args.backend, address=args.address,
-                       cache_dir=args.cache_dir, max_parallel=args.max_parallel, source=args.config)
+    results, summary = sweep(base, grid, args.seeds, args.out, backend=args.backend, address=args.address,
+                             cache_dir=args.cache_dir, max_parallel=args.max_parallel, source=args.config)
     print(format_summary(summary, list(grid)))
+    if args.plot:
+        print("figure: " + ", ".join(str(p) for p in plot_sweep(results, list(grid), args.out)))
     print(f"results: {Path(args.out) / 'results.csv'}  summary: {Path(args.out) / 'summary.csv'}")
     failed = summary[summary.status == "failed"]
     for _, row in failed.iterrows():
