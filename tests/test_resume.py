@@ -276,4 +276,5 @@ def test_load_or_run_continues_an_interrupted_cached_run(tmp_path, monkeypatch):
     got = load_or_run(cfg, cache_dir=tmp_path)
     assert loaded == [tmp_path / cfg.config_hash() / "checkpoint.pt"]
     pd.testing.assert_frame_equal(got, ref, check_exact=True)
+    assert not (tmp_path / cfg.config_hash() / "checkpoint.pt").exists()   # finished: the checkpoint is gone
     assert load_or_run(cfg, cache_dir=tmp_path).equals(got)  # finished: now served from results.csv
