@@ -44,13 +44,17 @@ def jsonable(value: Any) -> Any:
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
-    """``HEAD`` of the repository holding ``path`` (``+dirty`` when tracked files changed), or None."""
+    """``HEAD`` of the repository holding ``path`` (``+dirty`` when tracked files changed), or None.
+
+    Changes under ``figures/`` do not count: they are this suite's own outputs, and a reproduce that writes
+    them would otherwise mark every later notebook of the same run as dirty."""
     cwd = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)figures"], cwd=cwd,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -219,3 +219,27 @@ def test_private_kernel_for_this_interpreter(tmp_path, monkeypatch, nb_dir):
     assert spec["argv"][0] == sys.executable
     out = reproduce.execute("good", nb_dir, tmp_path, {"value": 7, "output_dir": str(tmp_path), "profile": "t"}, name)
     assert out.ok, out.error
+
+
+def test_git_commit_ignores_the_suites_own_figures(tmp_path):
+    """A reproduce writes figures/ as it goes; that must not mark the commit of later notebooks dirty."""
+    import shutil
+    import subprocess
+
+    from qafl_core.manifest import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    env = ["-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
+    subprocess.run(["git", *env, "commit", "-qm", "init"], cwd=tmp_path, check=True)
+    clean = git_commit(tmp_path)
+    assert clean and not clean.endswith("+dirty")
+    (tmp_path / "figures" / "a.json").write_text('{"new": 1}')
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == clean + "+dirty"
