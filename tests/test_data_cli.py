@@ -90,10 +90,10 @@ def test_describe_errors_exit_2_without_traceback(capsys, argv, needle):
 
 def test_describe_corrupt_leaf_file(capsys, tmp_path):
     shutil.copytree(FIX / "leaf_two_files", tmp_path, dirs_exist_ok=True)
-    bad = tmp_path / "test/all_data_1_niid_05_keep_0_test_9.json"
+    bad = tmp_path / "test/part_1.json"
     bad.write_text(bad.read_text()[:40])
     rc, _, err = run(capsys, "data", "describe", "femnist", "--root", str(tmp_path))
-    assert rc == 2 and "Traceback" not in err and "all_data_1_niid_05_keep_0_test_9.json: invalid JSON" in err
+    assert rc == 2 and "Traceback" not in err and "part_1.json: invalid JSON" in err
 
 
 def test_prepare_group_exists(capsys):

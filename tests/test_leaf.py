@@ -31,7 +31,7 @@ def make_obj(sizes: dict[str, int], hier: bool = False, start: int = 0) -> dict:
 
 # ---------------------------------------------------------------------------------------------- reading
 def test_read_json_and_gz_give_the_same_object(tmp_path):
-    src = FIX / "leaf_two_files/train/all_data_0_niid_05_keep_0_train_9.json"
+    src = FIX / "leaf_two_files/train/part_0.json"
     gz = tmp_path / "f.json.gz"
     gz.write_bytes(gzip.compress(src.read_bytes()))
     a, b = read_leaf_file(src), read_leaf_file(gz)
@@ -55,7 +55,7 @@ def test_read_dir_keeps_hierarchies():
 
 
 def test_read_dir_rejects_mixed_hierarchies_and_duplicate_users(tmp_path):
-    shutil.copy(FIX / "leaf_hierarchies/all_data_keep_0.json", tmp_path / "a.json")
+    shutil.copy(FIX / "leaf_hierarchies/part_0.json", tmp_path / "a.json")
     write_leaf_file(make_obj({"u": 2}), tmp_path / "b.json")
     with pytest.raises(ValueError, match="hierarchies.*a.json.*b.json"):
         read_leaf_dir(tmp_path)
@@ -106,7 +106,7 @@ def test_bad_files_name_file_and_field(name, pattern):
 
 
 def test_corrupt_and_truncated_gzip(tmp_path):
-    good = gzip.compress((FIX / "leaf_hierarchies/all_data_keep_1.json").read_bytes())
+    good = gzip.compress((FIX / "leaf_hierarchies/part_1.json").read_bytes())
     (tmp_path / "trunc.json.gz").write_bytes(good[: len(good) // 2])
     (tmp_path / "garbage.json.gz").write_bytes(b"this is not gzip at all")
     for f in ("trunc.json.gz", "garbage.json.gz"):
