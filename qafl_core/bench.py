@@ -111,8 +111,6 @@ def bench_flower(size: str) -> Line:
                                                 "the project's 'bench' extra)")
     if not FLOWER_SCRIPT.is_file():
         return Line(name, None, target, None, f"skipped: {FLOWER_SCRIPT} not found (run from a source checkout)")
-    # the script (and Flower's Ray workers) import qafl_core: make this checkout importable even when the
-    # package is not installed (e.g. `python -m qafl_core bench` from the source tree)
     proc = subprocess.run([sys.executable, str(FLOWER_SCRIPT), "--rounds", str(SIZES[size]["flower"])],
                           capture_output=True, text=True, timeout=900, env=_child_env())
     out = [ln for ln in proc.stdout.splitlines() if ln.startswith("FLOWER_BENCH_JSON ")]

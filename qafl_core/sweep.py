@@ -55,6 +55,11 @@ def load_sweep_file(path: str) -> tuple[dict[str, Any], dict[str, list]]:
     return data, grid
 
 
+def bundle_axes(grid: Mapping[str, list]) -> list[str]:
+    """Grid axes whose values are mappings (several config keys set together), as opposed to ``key: [values]``."""
+    return [k for k, vals in grid.items() if any(isinstance(v, dict) for v in vals)]
+
+
 def expand(base: Mapping[str, Any], grid: Mapping[str, list], seeds: int,
            source: str = "sweep") -> list[tuple[dict[str, Any], RunConfig]]:
     """Every ``(grid labels, config)`` of the sweep: grid points in file order, seeds 0..seeds-1 within each."""
@@ -67,7 +72,7 @@ def expand(base: Mapping[str, Any], grid: Mapping[str, list], seeds: int,
         raise ValueError(f"{source}: {', '.join(both)}: given both as a value and in grid")
     from qafl_core.runner import COLUMNS
 
-    clash = sorted(k for k, vals in grid.items() if k in {"run", *COLUMNS} and any(isinstance(v, dict) for v in vals))
+    clash = sorted(k for k in bundle_axes(grid) if k in {"run", *COLUMNS})
     if clash:
         raise ValueError(f"{source}: grid: {', '.join(clash)}: a bundle axis (a list of mappings) needs a name that is "
                          f"not a column of the results table (e.g. variant)")
@@ -180,15 +185,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_sweep)
 
 
-def plot_sweep(results: pd.DataFrame, grid_keys: list[str], out: str | Path) -> list[Path]:
+def plot_sweep(results: pd.DataFrame, grid: Mapping[str, list], out: str | Path) -> list[Path]:
     """Test accuracy and loss (suboptimality / gradient norm for quadratics) of every grid point against
     simulated time and against bits sent (up + down), mean over seeds with a +-1 std band; saved as
     ``out/curves.png`` and ``.pdf``."""
     from qafl_core import plotting
+    from qafl_core.figures import PRETTY
 
     # curve labels: the algorithm/compression columns and plain grid axes that vary (a bundle axis shows up
     # through the columns it sets)
-    plain = [k for k in grid_keys if k in results and not results[k].astype(str).str.contains("=").any()]
+    plain = [k for k in grid if k not in bundle_axes(grid)]
     keys = [c for c in dict.fromkeys(["algorithm", "quantizer", "bits", *plain]) if results[c].nunique() > 1]
     table = results.assign(label=results[keys or ["algorithm"]].astype(str).agg(" ".join, axis=1))
     order = list(dict.fromkeys(table.label))
@@ -204,12 +210,8 @@ def plot_sweep(results: pd.DataFrame, grid_keys: list[str], out: str | Path) -> 
                                   legend_title="", logy="auto" if metric in ("suboptimality", "grad_sq") else False)
             if not (k == 0 and x == "time") and ax.get_legend() is not None:
                 ax.get_legend().remove()
-    seeds = int(results.seed.nunique())
-    from qafl_core.figures import PRETTY
-
     names = ", ".join(PRETTY.get(d, d) for d in sorted(results.dataset.unique()))
-    plotting.suptitle(fig, f"{names}: server model on the test set",
-                      plotting.band_note(seeds))
+    plotting.suptitle(fig, f"{names}: server model on the test set", plotting.band_note(int(results.seed.nunique())))
     return plotting.save(fig, out, "curves", close=True)
 
 
@@ -226,7 +228,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                              cache_dir=args.cache_dir, max_parallel=args.max_parallel, source=args.config)
     print(format_summary(summary, list(grid)))
     if args.plot:
-        print("figure: " + ", ".join(str(p) for p in plot_sweep(results, list(grid), args.out)))
+        print("figure: " + ", ".join(str(p) for p in plot_sweep(results, grid, args.out)))
     print(f"results: {Path(args.out) / 'results.csv'}  summary: {Path(args.out) / 'summary.csv'}")
     failed = summary[summary.status == "failed"]
     for _, row in failed.iterrows():
