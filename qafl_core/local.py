@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
@@ -110,8 +111,12 @@ class NeuralTask:
         if eval_max_samples is not None and eval_max_samples < n_test:
             idx = torch.randperm(n_test, generator=torch_generator(seed, "eval_subset"))[:eval_max_samples]
             self.eval_x, self.eval_y = dataset.x_test[idx], dataset.y_test[idx]
+            self._eval_client = self._eval_counts = None          # no per-client metrics on a subset
         else:
             self.eval_x, self.eval_y = dataset.x_test, dataset.y_test
+            counts = dataset.test_counts()
+            self._eval_client = torch.repeat_interleave(torch.arange(len(counts)), counts)   # (n_test,) owner
+            self._eval_counts = counts.double()
         self.eval_batch_size = eval_batch_size
         #: train the contacted clients together with :meth:`local_sgd_many` (QuAFL, FedAvg; small models)
         self.batched = False
@@ -158,15 +163,42 @@ class NeuralTask:
     @torch.no_grad()
     def evaluate(self, vec: torch.Tensor) -> dict[str, float]:
         """Accuracy and mean cross-entropy of the model ``vec`` on the pooled test set."""
+        return self.evaluate_with_clients(vec)[0]
+
+    @torch.no_grad()
+    def evaluate_with_clients(self, vec: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
+        """Pooled test metrics of ``vec`` and, from the same forward pass, LEAF's per-client summary.
+
+        Returns:
+            ``(pooled, clients)``: ``pooled`` = accuracy and mean cross-entropy over the pooled test set
+            (sample-weighted, as LEAF's headline accuracy); ``clients`` = the 10th, 50th and 90th percentiles
+            over clients (with at least one test sample) of each client's own accuracy and loss
+            (``accuracy_p10`` ... ``loss_p90``, numpy's linear interpolation, as LEAF reports them).
+            ``clients`` is empty when the evaluation uses a subset of the test set (``eval_max_samples``).
+        """
         self.module.eval()
         state = self.flat.views(vec)
-        correct, loss_sum, n = 0, 0.0, len(self.eval_y)
+        n = len(self.eval_y)
+        correct = torch.empty(n, dtype=torch.float64)
+        losses = torch.empty(n, dtype=torch.float64)
         for a in range(0, n, self.eval_batch_size):
             x, y = self.eval_x[a:a + self.eval_batch_size], self.eval_y[a:a + self.eval_batch_size]
             out = functional_call(self.module, state, (x,), strict=False)
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-        return {"accuracy": correct / n, "loss": loss_sum / n}
+            losses[a:a + len(y)] = F.cross_entropy(out, y, reduction="none")
+            correct[a:a + len(y)] = (out.argmax(1) == y)
+        pooled = {"accuracy": float(correct.sum()) / n, "loss": float(losses.sum()) / n}
+        if self._eval_client is None:
+            return pooled, {}
+        counts = self._eval_counts
+        acc = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, self._eval_client, correct)
+        loss = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, self._eval_client, losses)
+        has = counts > 0
+        acc, loss = (acc[has] / counts[has]).numpy(), (loss[has] / counts[has]).numpy()
+        clients = {}
+        for name, values in (("accuracy", acc), ("loss", loss)):
+            for q in (10, 50, 90):
+                clients[f"{name}_p{q}"] = float(np.percentile(values, q))
+        return pooled, clients
 
     def state_dict(self) -> dict[str, Any]:
         return {"batcher": self.batcher.state_dict(), "dropout": self._dropout_gen.get_state()}

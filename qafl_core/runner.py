@@ -2,6 +2,8 @@
 
 Results are a long-format ``pandas.DataFrame``: one row per (evaluation point, metric) with the
 columns of :data:`COLUMNS`.  ``split`` is ``test`` for server-model metrics on the pooled test set,
+``clients`` for LEAF's per-client summary of the same evaluation (10th/50th/90th percentiles over clients of
+each client's accuracy and loss: ``accuracy_p10`` ... ``loss_p90``),
 ``sim`` for simulator statistics (decode failures, zero-step contacts, steps per contact) and
 ``status`` for the end state (``diverged`` with the time it happened).
 
@@ -28,7 +30,7 @@ from qafl_core.config import RunConfig
 
 log = logging.getLogger("qafl")
 
-COLUMNS = ["algorithm", "dataset", "seed", "quantizer", "bits", "clients_per_round", "num_clients",
+COLUMNS = ["algorithm", "dataset", "model", "seed", "quantizer", "bits", "clients_per_round", "num_clients",
            "time", "server_steps", "local_steps", "bits_up", "bits_down", "split", "metric", "value", "config_hash"]
 CHECKPOINT_VERSION = 1
 
@@ -68,6 +70,17 @@ def build_dataset(cfg: RunConfig):
     return ds.pooled() if pool else ds
 
 
+def model_name(cfg: RunConfig) -> str:
+    """The model a config trains: ``cfg.model``, with ``auto`` resolved to the dataset's default."""
+    if cfg.dataset == "quadratic":
+        return "quadratic"
+    if cfg.model != "auto":
+        return cfg.model
+    from qafl_core.models import default_model
+
+    return default_model(cfg.dataset)
+
+
 def build_task(cfg: RunConfig):
     if cfg.dataset == "quadratic":
         from qafl_core.theory import QuadraticTask
@@ -84,11 +97,9 @@ def build_task(cfg: RunConfig):
                 raise ValueError(f"dataset_options.{key}: expected a number, got {value!r}")
         return QuadraticTask(num_clients=cfg.num_clients, seed=cfg.seed, **opts)
     from qafl_core.local import NeuralTask
-    from qafl_core.models import default_model
 
     ds = build_dataset(cfg)
-    model = default_model(cfg.dataset) if cfg.model == "auto" else cfg.model
-    return NeuralTask(ds, model, cfg.seed, cfg.batch_size, cfg.eval_max_samples, cfg.eval_batch_size)
+    return NeuralTask(ds, model_name(cfg), cfg.seed, cfg.batch_size, cfg.eval_max_samples, cfg.eval_batch_size)
 
 
 def build_simulation(cfg: RunConfig, task=None):
@@ -111,7 +122,7 @@ def as_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
 class _Recorder:
     def __init__(self, cfg: RunConfig, num_clients: int):
         self.cfg, self.rows = cfg, []
-        self.fixed = {"algorithm": cfg.algorithm, "dataset": cfg.dataset, "seed": cfg.seed, "quantizer": cfg.quantizer,
+        self.fixed = {"algorithm": cfg.algorithm, "dataset": cfg.dataset, "model": model_name(cfg), "seed": cfg.seed, "quantizer": cfg.quantizer,
                       "bits": cfg.bits, "clients_per_round": cfg.clients_per_round, "num_clients": num_clients,
                       "config_hash": cfg.config_hash()}
 
@@ -126,10 +137,15 @@ class _Recorder:
 
 def _evaluate(sim, rec: _Recorder) -> bool:
     """Record test and simulator metrics; False when the model has diverged."""
-    metrics = sim.task.evaluate(sim.server)
+    if hasattr(sim.task, "evaluate_with_clients"):
+        metrics, per_client = sim.task.evaluate_with_clients(sim.server)
+    else:
+        metrics, per_client = sim.task.evaluate(sim.server), {}
     if hasattr(sim.task, "evaluate_mean_model") and getattr(sim, "clients", None) is not None:
         rec.add(sim, "mean_model", sim.task.evaluate_mean_model(sim))
     rec.add(sim, "test", metrics)
+    if per_client:
+        rec.add(sim, "clients", per_client)
     rec.add(sim, "sim", sim.sim_metrics())
     return all(math.isfinite(v) for v in metrics.values())
 
