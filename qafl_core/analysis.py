@@ -3,7 +3,7 @@
 Every function takes the long table returned by :func:`qafl_core.figures.run_variants` (one row per
 evaluation point and metric, plus a ``label`` column) and works per *run* — a run is one
 ``config_hash`` — before aggregating over seeds, so mean ± std always means "over seeds".
-PAPER.md §4 lists the x-axes of the paper's plots: simulated time, server steps, local steps and
+The paper code's plots have these x-axes (docs/timing.md#counters-and-x-axes): simulated time, server steps, local steps and
 transferred bits (``bits_up + bits_down``; 2b per interaction).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Batched local SGD: the contacted clients' steps of a small model as one batched matmul.
 
-A simulator's unavoidable cost is the clients' gradient steps (DESIGN.md "Local SGD without copies"). For
+A simulator's unavoidable cost is the clients' gradient steps (docs/design.md#local-sgd-without-copies). For
 small models (logistic regression, the paper code's MLP 784-32-10) a single client's step is a few tiny
 matrix products, so per-step framework overhead is a large part of it.  Here the contacted clients'
 models are stacked into one ``(m, d)`` work matrix and each step runs every client at once with

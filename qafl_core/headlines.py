@@ -1,7 +1,7 @@
 """Headline numbers of each figure — what ``<figure>.metrics.json`` records and the README quotes.
 
 Each function reduces a figure's results table (see :mod:`qafl_core.analysis`) to a small JSON-able
-dict; the claims they are compared with are in PAPER.md §6.3–6.6 (e.g. Fig. 1: "convergence speed
+dict; the claims they are compared with are in docs/experiments.md#figures-of-the-paper (e.g. Fig. 1: "convergence speed
 follows the ordering of s", 27 % zero-step contacts of slow clients; Fig. 2: saturation after 10 bits;
 Fig. 4: QuAFL faster than FedAvg in simulated time).  Accuracies are fractions in [0, 1]; a "final"
 test metric is the mean of a run's last :data:`FINAL_WINDOW` evaluations.

@@ -3,7 +3,7 @@
 A :class:`Task` is what the algorithms see of a learning problem: a vector dimension, an initial
 vector, ``local_sgd(row, client, steps, lr)`` that trains a client's flat vector *in place*, and
 ``evaluate(vector)``.  :class:`NeuralTask` implements it for a model + :class:`FederatedDataset`;
-``qafl_core.theory.QuadraticTask`` implements it for the heterogeneous quadratics of PAPER.md §7.5.
+``qafl_core.theory.QuadraticTask`` implements it for the heterogeneous quadratics of docs/algorithm.md#what-the-suite-checks-numerically.
 
 Mini-batches follow ``DataLoader(shuffle=True)`` semantics, as in the paper's code: each client walks
 through a fresh random permutation of its samples per epoch (the last batch of an epoch may be

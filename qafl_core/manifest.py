@@ -1,7 +1,7 @@
 """``figures/<figure>.metrics.json`` and ``figures/MANIFEST.json``: what produced each figure.
 
-DESIGN.md: "figures/ — regenerated figures + MANIFEST.json (figure -> notebook, profile, config hashes,
-commit)".  A notebook writes its own metrics file and manifest entry (so running it by hand in Jupyter
+docs/design.md#figures-and-the-manifest: ``figures/`` holds the regenerated figures and ``MANIFEST.json`` (figure ->
+notebook, profile, config hashes, commit).  A notebook writes its own metrics file and manifest entry (so running it by hand in Jupyter
 records it too); ``qafl reproduce`` then adds the execution status, wall time and executed-notebook
 path.  Several notebooks may finish at once (``--jobs``), so the manifest is updated under a file lock
 and replaced atomically.  Values are written as strict JSON: NaN and infinities become ``null``.

@@ -1,9 +1,9 @@
 """The networks of the suite: LEAF's reference models and the QuAFL paper code's models.
 
 * LEAF reference models (Caldas et al., "LEAF: A Benchmark for Federated Settings", 2018,
-  ``models/<dataset>/*.py``; DATA.md §1.8): ``femnist_cnn``, ``shakespeare_lstm``, ``celeba_cnn``, ``logreg``.
+  ``models/<dataset>/*.py``; docs/data.md#models): ``femnist_cnn``, ``shakespeare_lstm``, ``celeba_cnn``, ``logreg``.
 * QuAFL paper-code models (Zakerinia et al., AISTATS 2024, ``model_manager.py`` and Distiller's
-  ``resnet_cifar10.py``; PAPER.md §6.1): ``mlp`` (MNIST), ``fmnist_cnn``, ``resnet20`` (CIFAR-10).
+  ``resnet_cifar10.py``; docs/data.md#models): ``mlp`` (MNIST), ``fmnist_cnn``, ``resnet20`` (CIFAR-10).
 
 Determinism: :func:`build_model` constructs the module on the ``meta`` device (so construction draws
 nothing from torch's global RNG) and then initialises every tensor from the caller's generator only.

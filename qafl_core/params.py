@@ -3,7 +3,7 @@
 Every model state that the algorithms touch (server model, each client model, deltas, messages)
 is a flat vector of length ``dim`` laid out as ``[parameters | floating buffers]``.  BatchNorm
 running statistics are part of the vector, so averaging a vector averages them too (the paper's
-code averages whole state dicts, PAPER.md §2.3).  Integer buffers (``num_batches_tracked``) are
+code averages whole state dicts, docs/algorithm.md).  Integer buffers (``num_batches_tracked``) are
 left out: they only matter for ``momentum=None`` BatchNorm, which no model here uses.
 
 Training happens *on* a vector without copying it: :meth:`FlatModel.leaf_views` returns, for

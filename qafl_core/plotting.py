@@ -1,6 +1,6 @@
 """Plots of the figure notebooks: curves with confidence bands over seeds, bars, and saving PNG + PDF.
 
-Axes carry units (simulated time units of PAPER.md §4 — a fast client's mean SGD step takes 2 —, Mbit/Gbit
+Axes carry units (simulated time units of docs/timing.md — a fast client's mean SGD step takes 2 —, Mbit/Gbit
 sent, accuracy in %), every curve is the mean over seeds with a ± 1 std band (or a 95 % CI), and titles
 name the dataset, including "embedded fallback" when the figure's subject data was not available.
 Outside a Jupyter kernel the non-interactive Agg backend is used, so plotting works on headless machines.

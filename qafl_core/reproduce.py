@@ -1,7 +1,7 @@
 """``qafl reproduce``: execute the figure notebooks with papermill and collect figures + manifest.
 
 ``qafl reproduce --profile smoke|paper [--only NAME ...] [--jobs N] [--backend local|ray] [--address ADDR]
-[--output-dir figures]`` runs every notebook in ``notebooks/`` (DESIGN.md "Who uses it": the batch user)
+[--output-dir figures]`` runs every notebook in ``notebooks/`` (docs/design.md#who-uses-it: the batch user)
 with the parameters of ``notebooks/params/<notebook>.<profile>.yaml`` into the git-ignored
 ``notebooks/executed/``.  It keeps going when a notebook fails, prints a table of what ran, how long it
 took, which dataset each figure used, what failed (the failing cell's ``ename: evalue``) and where the

@@ -1,12 +1,12 @@
 """Heterogeneous quadratics: the setting in which the QuAFL theorem can be checked numerically.
 
-PAPER.md §7.5: ``f_i(x) = 1/2 ||x - c_i||^2`` (so L = 1, B^2 = 1), stochastic gradient
+docs/algorithm.md#what-the-suite-checks-numerically: ``f_i(x) = 1/2 ||x - c_i||^2`` (so L = 1, B^2 = 1), stochastic gradient
 ``x - c_i + xi`` with ``xi ~ N(0, sigma^2/d I)``, and ``G^2 = 1/n sum_i ||c_i - c_bar||^2`` controlled by
 ``heterogeneity``.  The global objective ``f = 1/n sum_i f_i`` has minimiser ``c_bar`` and gradient
 ``x - c_bar``.  Theorem 4.2 (ICLR) bounds ``1/T sum_t E||grad f(mu_t)||^2`` for the mean model
 ``mu_t = (X_t + sum_i X^i_t)/(n+1)``, so :class:`QuadraticTask` reports the gradient at the server
 model (split ``test``) *and* at the mean model, plus the sum of all n+1 models (split ``mean_model``)
-— with the identity quantizer that sum changes only by the clients' gradient progress (PAPER.md §2.2).
+— with the identity quantizer that sum changes only by the clients' gradient progress (docs/algorithm.md#conservation-invariant).
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Run grids of the theory notebook: QuAFL on heterogeneous quadratics (PAPER.md §7.5, ICLR Theorem 4.2).
+"""Run grids of the theory notebook: QuAFL on heterogeneous quadratics (ICLR Theorem 4.2).
+
+Checks listed in docs/algorithm.md#what-the-suite-checks-numerically.
 
 Theorem 4.2 bounds ``1/T sum_t E||grad f(mu_t)||^2`` of the mean model for the step size
 ``eta = (n + 1) / (s H sqrt(T))``, H the mean number of local steps per contact.  The grids here evaluate
@@ -68,7 +70,7 @@ def _quantized(base: Mapping[str, Any], quantizer: str, bits: int) -> dict[str, 
 
 def conservation_runs(base: Mapping[str, Any], quantizer: str, bits: int, horizon: int, lr_scale: float,
                       seeds: Iterable[int]) -> list[Run]:
-    """Identity vs quantized runs of ``horizon`` server steps (the §2.2 invariant holds exactly only for
+    """Identity vs quantized runs of ``horizon`` server steps (the conservation invariant of docs/algorithm.md holds exactly only for
     identity).  H is not known yet, so the step size uses H = K, its upper bound; these runs also measure H."""
     lr = theorem_lr(base["num_clients"], base["clients_per_round"], base["local_steps"], horizon, lr_scale)
     common = {**base, **horizon_keys(base, horizon), "lr": lr}

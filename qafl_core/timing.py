@@ -1,4 +1,4 @@
-"""Client speeds in simulated time (PAPER.md §4).
+"""Client speeds in simulated time (docs/timing.md).
 
 Each local SGD step of client ``i`` takes an Exponential time with mean 2 (fast clients) or 8 (slow
 clients); the first ``ceil(slow_fraction * n)`` clients are slow, as in the paper's code.  With
@@ -82,7 +82,7 @@ class ClientClocks:
 def expected_steps_per_contact(mean_step: float, round_time: float, contact_prob: float, max_steps: int,
                                timing: str, seed: int, num_contacts: int = 4000) -> float:
     """Monte Carlo estimate of H_i, the mean number of local steps a QuAFL client completes between
-    two contacts, under the released simulator's semantics (PAPER.md §4: lazily completed steps that
+    two contacts, under the released simulator's semantics (docs/timing.md#quafl-lazy-progress: lazily completed steps that
     fit before the contact, at most K, the in-flight step's drawn duration kept across contacts).
 
     Used only by the ``speed_lr_correction`` extension; it draws from its own stream.

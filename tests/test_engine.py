@@ -1,5 +1,5 @@
 """Engine tests: hand-computed rounds of QuAFL, FedAvg and FedBuff with scripted step times,
-the QuAFL conservation invariant (PAPER.md §2.2), and determinism."""
+the QuAFL conservation invariant (docs/algorithm.md#conservation-invariant), and determinism."""
 from __future__ import annotations
 
 import pytest
@@ -40,7 +40,7 @@ def test_quafl_two_rounds_by_hand():
 
 
 def test_quafl_in_flight_step_keeps_its_duration():
-    # client 1's drawn 3-unit step only completes when a gap between contacts exceeds it (PAPER.md §4 "sticky")
+    # client 1's drawn 3-unit step only completes when a gap between contacts exceeds it (docs/timing.md#quafl-lazy-progress)
     sim, task = _sim(QuAFL, _cfg(clients_per_round=2, sit=2.5), {0: [10.0], 1: [3.0, 1.0]})
     for _ in range(3):
         sim.step()

@@ -101,7 +101,7 @@ def test_real_femnist_default_sample():
     assert (ds.num_clients, len(ds.y_train), len(ds.y_test), ds.num_classes) == (105, 14708, 1685, 62)
     assert int(torch.unique(ds.y_train).numel()) == 62
     assert ds.x_train.shape[1:] == (1, 28, 28)
-    assert (ds.x_train == 1.0).float().mean() > 0.5  # background is 1.0 (DATA.md §1.3)
+    assert (ds.x_train == 1.0).float().mean() > 0.5  # background is 1.0 (docs/data.md#femnist)
     assert ds.info["root"] == str(Path(REAL) / "femnist" / "slz-ai__leaf-torch")
 
 

@@ -1,4 +1,4 @@
-"""LEAF JSON reader/writer and LEAF pipeline semantics (docs/DATA.md §1.1, §1.2, §1.10)."""
+"""LEAF JSON reader/writer and LEAF pipeline semantics (docs/data.md#leaf-file-format, #leaf-pipeline, #leaf-quirks)."""
 from __future__ import annotations
 
 import gzip

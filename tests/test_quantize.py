@@ -75,7 +75,7 @@ def test_lattice_rounds_half_to_even_like_torch_round_and_matches_paper_formula(
     assert msg.payload["codes"].tolist() == [0, 2, 0, 14, 2, 6, 0]
     y = x + torch.tensor([1.9, -1.9, 0.3, 0.0, -1.0, 1.5, 1.2])
     c = msg.payload["codes"].double()
-    paper = q.q * eps * torch.round(y.double() / (q.q * eps) - c / q.q) + eps * c    # PAPER.md §3.2
+    paper = q.q * eps * torch.round(y.double() / (q.q * eps) - c / q.q) + eps * c    # paper code's formula
     assert torch.equal(q.decode(msg, y).value, paper.float())
 
 

@@ -1,4 +1,4 @@
-"""LEAF Synthetic generator and its default LEAF pipeline (docs/DATA.md §1.6)."""
+"""LEAF Synthetic generator and its default LEAF pipeline (docs/data.md#synthetic)."""
 from __future__ import annotations
 
 import time

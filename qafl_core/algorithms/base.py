@@ -123,7 +123,7 @@ class Simulation:
 
     @property
     def zeros(self) -> torch.Tensor:
-        """Decoding key for deltas: they are decoded against zero, never against a model (PAPER.md §5.2)."""
+        """Decoding key for deltas: they are decoded against zero, never against a model (docs/choices.md#delta-decoding)."""
         if self._zeros is None:
             self._zeros = torch.zeros(self.task.dim)
         return self._zeros

@@ -1,8 +1,8 @@
-"""FedAvg (McMahan et al., 2017) on the simulated clock, as the QuAFL paper's code runs it (PAPER.md §5.1).
+"""FedAvg (McMahan et al., 2017) on the simulated clock, as the QuAFL paper's code runs it (docs/baselines.md#fedavg).
 
 One round: sample s clients; each loads the (encoded) server model — decoded against its own stale
 model — runs exactly K local SGD steps and uploads its quantized displacement Delta_i, decoded
-against zero (never against the server model; PAPER.md §5.2); the server applies
+against zero (never against the server model; docs/choices.md#delta-decoding); the server applies
 ``X <- X - server_lr * mean_i Q(Delta_i)`` (BatchNorm statistics take the plain mean).  The round
 lasts as long as the slowest sampled client's K steps, plus ``sit``: the server waits for everyone.
 """

@@ -1,9 +1,9 @@
 """FedBuff: buffered asynchronous aggregation (Nguyen et al., "Federated Learning with Buffered
-Asynchronous Aggregation", AISTATS 2022), on the simulated clock (PAPER.md §5.2).
+Asynchronous Aggregation", AISTATS 2022), on the simulated clock (docs/baselines.md#fedbuff).
 
 Every client is always working: it runs K local SGD steps on the model it last received, uploads its
 quantized displacement Delta_i (decoded against zero — the paper code decoded deltas against the
-server model, which is why its lattice-quantized FedBuff never learned, PAPER.md §5.2), immediately
+server model, which is why its lattice-quantized FedBuff never learned, docs/choices.md#delta-decoding), immediately
 downloads the current server model and starts again (the client whose update fills the buffer gets
 the freshly updated model).  Clients finish in order of simulated time; the server keeps the first Z
 finished updates in a buffer and, when it holds Z of them, applies

@@ -1,14 +1,14 @@
 """QuAFL: asynchronous, quantized federated averaging.
 
 Zakerinia, Talaei, Nadiradze, Alistarh, "Communication-Efficient Federated Learning With Data and
-Client Heterogeneity", AISTATS 2024 (arXiv:2206.10032), Algorithm 1, as specified in PAPER.md §2.
+Client Heterogeneity", AISTATS 2024 (arXiv:2206.10032), Algorithm 1, as specified in docs/algorithm.md.
 
 One round (server step) at server time T:
 
 1. sample s of n clients without replacement; encode the server model X once;
 2. each contacted client i answers at once: it first completes, lazily, the local SGD steps whose
    durations fit before T (at most K since its last contact; the step in flight is dropped, its
-   drawn duration kept — the released simulator's semantics, PAPER.md §4), sends Enc(Y_i) of its
+   drawn duration kept — the released simulator's semantics, docs/timing.md#quafl-lazy-progress), sends Enc(Y_i) of its
    *full current model* Y_i, then sets ``X_i <- Q(X)/(s+1) + s Y_i/(s+1)`` and restarts its K steps;
 3. the server sets ``X <- (X + sum_i Q(Y_i)) / (s+1)`` (decoding with its own X as key);
 4. the clock advances by ``sit + swt`` (``sit`` scaled by b/32 when quantized).

@@ -1,7 +1,7 @@
 """CelebA (LEAF): smiling / not smiling, one client per celebrity.
 
 LEAF (Caldas et al., 2018; ``data/celeba/preprocess/metadata_to_json.py``, ``models/celeba/cnn.py``) as
-restated in docs/DATA.md §1.5: users are celebrities with >= 5 images in ``identity_CelebA.txt``; ``x`` is
+documented in docs/data.md#celeba: users are celebrities with >= 5 images in ``identity_CelebA.txt``; ``x`` is
 an image file name, ``y`` an attribute of ``list_attr_celeba.txt`` (Smiling) mapped -1/1 -> 0/1 (LEAF's
 script writes floats 0.0/1.0 under Python 3, real files found store ints; both are accepted).  Images
 are read from ``img_align_celeba/`` at load time exactly as LEAF's model does: ``resize((84, 84))`` then

@@ -3,7 +3,7 @@
 All samples of all clients live in a few contiguous tensors held in memory; a client is a slice
 ``[offsets[i], offsets[i+1])`` of them.  Batching a client is therefore one ``index_select`` with an
 index tensor drawn from the client's own generator (no ``DataLoader``, no per-step Python lists),
-which is what keeps the simulator's cost close to the cost of the local SGD itself (DESIGN.md).
+which is what keeps the simulator's cost close to the cost of the local SGD itself (docs/design.md#local-sgd-without-copies).
 """
 from __future__ import annotations
 

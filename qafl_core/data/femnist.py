@@ -1,6 +1,6 @@
 """FEMNIST (LEAF): handwritten characters of NIST SD19, one client per writer.
 
-Reads LEAF's finished ``train/`` + ``test/`` JSON (docs/DATA.md §1.1, §1.3): ``x`` a 784-float list
+Reads LEAF's finished ``train/`` + ``test/`` JSON (docs/data.md#femnist): ``x`` a 784-float list
 (28×28 row-major, divided by 255, **1.0 = white background**, ink near 0 — LEAF applies no inversion and
 no normalisation, and neither do we), ``y`` an int 0..61 (digits, upper case, lower case).
 

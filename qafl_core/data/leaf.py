@@ -2,13 +2,13 @@
 
 Behaviour follows LEAF (Caldas et al., "LEAF: A Benchmark for Federated Settings", 2018;
 github.com/TalwalkarLab/leaf, ``data/utils/{sample,remove_users,split_data}.py``) as restated in
-docs/DATA.md §1.1-§1.2 and §1.10; the code is our own.  A *LEAF object* is a plain dict exactly as in a
+docs/data.md#leaf-pipeline and #leaf-quirks; the code is our own.  A *LEAF object* is a plain dict exactly as in a
 LEAF JSON file: ``{"users": [...], "num_samples": [...], "user_data": {u: {"x": [...], "y": [...]}}}``
 plus an optional ``"hierarchies"`` list.  Pipeline functions take and return one object per input file
 (LEAF processes every file on its own) and never touch global random state: each call builds a local
 ``random.Random(seed)``, so the same seed always gives the same sample/split.
 
-Deliberate differences from LEAF (all documented in DATA.md as LEAF quirks):
+Deliberate differences from LEAF (documented in docs/data.md#leaf-pipeline):
 * counts are always ``len(y)``; ``num_samples`` is recomputed (Shakespeare test files list n - n_train,
   79 more than they hold);
 * the niid sampler's cut user keeps its first ``m`` samples in their original order (LEAF keeps the same

@@ -1,6 +1,6 @@
 """``qafl data prepare femnist|celeba|shakespeare``: build LEAF data directories from raw sources.
 
-Each command produces LEAF's layout (docs/DATA.md §1.1-§1.2; LEAF's ``data/<name>/preprocess.sh`` +
+Each command produces LEAF's layout (docs/data.md#leaf-pipeline; LEAF's ``data/<name>/preprocess.sh`` +
 ``data/utils/preprocess.sh``) so that LEAF tools and our loaders can read it::
 
     OUT/all_data/all_data[_<i>].json            LEAF all_data (Shakespeare: with hierarchies)

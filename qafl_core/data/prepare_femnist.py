@@ -1,7 +1,7 @@
 """``qafl data prepare femnist``: LEAF's FEMNIST preprocessing from NIST Special Database 19.
 
 Follows LEAF (Caldas et al., 2018; ``data/femnist/preprocess/{get_file_dirs,get_hashes,match_hashes,
-group_by_writer,data_to_json}.py``) as restated in docs/DATA.md §1.3 and §1.10:
+group_by_writer,data_to_json}.py``) as documented in docs/data.md#femnist and #leaf-quirks:
 
 1. class of every image from ``by_class/<2-hex class>/<folder>/*.png`` where the folder name contains
    ``hsf`` and not ``mit`` (so ``train_<cl>/`` and ``*.mit`` are skipped);

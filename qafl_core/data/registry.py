@@ -2,7 +2,7 @@
 
 LEAF datasets (FEMNIST, Shakespeare, CelebA, Synthetic; Caldas et al., 2018) keep LEAF's natural
 per-user partition; MNIST / Fashion-MNIST / CIFAR-10 are split i.i.d. as in the QuAFL code
-(docs/PAPER.md §6.1).  Loaders are imported lazily so that a missing optional dependency of one
+(docs/data.md#fashion-mnist-mnist-and-cifar-10).  Loaders are imported lazily so that a missing optional dependency of one
 dataset never breaks the others.
 """
 from __future__ import annotations

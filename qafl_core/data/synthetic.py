@@ -1,6 +1,6 @@
 """LEAF's Synthetic dataset: a re-implementation of ``data/synthetic/{main,data_generator}.py``.
 
-Generative process of LEAF (Caldas et al., 2018; docs/DATA.md §1.6), reproduced draw for draw with local
+Generative process of LEAF (Caldas et al., 2018; docs/data.md#synthetic), reproduced draw for draw with local
 ``np.random.RandomState`` instances (LEAF seeds numpy's global state; we never touch it):
 
 1. stream A = RandomState(seed): samples per user ``min(int(lognormal(3, 2)) + 5, 1000)``;
@@ -12,8 +12,8 @@ Generative process of LEAF (Caldas et al., 2018; docs/DATA.md §1.6), reproduced
 
 LEAF quirk kept on purpose: its "softmax" divides ``exp(logits)`` by the sum over *samples* (Python
 ``sum`` over the rows), not over classes, and the label is the row-wise argmax of that.  This is what
-produced LEAF's published Synthetic data, so it is reproduced exactly (DATA.md's summary says "argmax
-softmax", which the code does not compute).
+produced LEAF's published Synthetic data, so it is reproduced exactly (a softmax over
+classes would leave the argmax of the logits, which can differ).
 
 Then LEAF's ``preprocess.sh -s niid --sf 1.0 -k 5 -t sample --tf 0.6`` is applied (:mod:`qafl_core.data.leaf`).
 LEAF takes those seeds from the clock; our fixed defaults are ``smplseed = seed`` and ``spltseed = seed + 1``.

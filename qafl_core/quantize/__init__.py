@@ -1,17 +1,17 @@
 """Quantizers: pure encode/decode of flat float32 vectors with exact bit counts.
 
-The seam between the algorithms and the channel (DESIGN.md "Quantizers are a seam"): a sender calls
+The seam between the algorithms and the channel (docs/design.md#quantizers-are-a-seam): a sender calls
 ``encode(x, generator)`` and pays ``Message.bits``; a receiver calls ``decode(msg, key)`` with its own
 vector as key.
 
-* ``identity`` -- float32 as is, 32 bits per coordinate (PAPER.md §3.4).
-* ``lattice`` -- the paper code's scalar cubic lattice with modular ("coloured") encoding (PAPER.md §3.2,
+* ``identity`` -- float32 as is, 32 bits per coordinate (docs/quantizers.md#identity).
+* ``lattice`` -- the paper code's scalar cubic lattice with modular ("coloured") encoding (docs/quantizers.md,
   ``Lattice_Quantizer``): ``m = round(x/eps)`` (half to even), codes ``c = m mod 2**b``; the receiver takes
   the integer congruent to ``c`` nearest to ``key/eps``. Exact iff ``|key - eps*m| < 2**b eps/2``; otherwise
   it wraps by a multiple of ``2**b eps`` -- such coordinates are *counted* (``Decoded.failures``).
 * ``dithered_lattice`` -- suite extension: the lattice with subtractive dither shared through a 64-bit
-  seed, so the error is uniform, zero-mean and independent of ``x`` (the unbiasedness of PAPER.md §3.1).
-* ``qsgd`` -- the paper code's ``QSGD_Quantizer`` (PAPER.md §3.3): per tensor (or bucket) unbiased
+  seed, so the error is uniform, zero-mean and independent of ``x`` (unbiased, as the lattice of ICLR Lemma 4.1).
+* ``qsgd`` -- the paper code's ``QSGD_Quantizer`` (docs/quantizers.md#qsgd-paper-code): per tensor (or bucket) unbiased
   stochastic rounding onto ``2**b`` levels between the bucket's min and max.
 
 Bits (exact, headers included): identity ``32 d``; lattice ``b d`` (``eps`` and ``b`` are shared run

@@ -8,7 +8,7 @@ from qafl_core.quantize.base import Decoded, Message, _check_vec
 
 
 class IdentityQuantizer:
-    """float32 as is (PAPER.md §3.4): 32 bits per coordinate, no key, never fails."""
+    """float32 as is (docs/quantizers.md#identity): 32 bits per coordinate, no key, never fails."""
 
     name = "identity"
     bits_per_coord = 32

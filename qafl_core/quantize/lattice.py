@@ -9,7 +9,7 @@ from qafl_core.quantize.base import _CHUNK, _SEED_BITS, Decoded, Message, _check
 
 
 class LatticeQuantizer:
-    """Modular scalar lattice of the paper code (PAPER.md §3.2), decoded against the receiver's vector.
+    """Modular scalar lattice of the paper code (docs/quantizers.md), decoded against the receiver's vector.
 
     Args:
         bits: bits per coordinate ``b``; ``q = 2**b`` colours.
@@ -103,7 +103,7 @@ class LatticeQuantizer:
 
 
 class DitheredLatticeQuantizer(LatticeQuantizer):
-    """Lattice with subtractive dither (suite extension; unbiased, PAPER.md §3.1's property).
+    """Lattice with subtractive dither (suite extension; unbiased, docs/quantizers.md).
 
     The sender draws a seed from the message generator and sends it as a 64-bit header; both sides
     regenerate ``u ~ U[-eps/2, eps/2)^d`` from it (float32 draws, chunk by chunk). Encode

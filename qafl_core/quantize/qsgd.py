@@ -8,7 +8,7 @@ from qafl_core.quantize.base import _CHUNK, _MINMAX_BITS, Decoded, Message, _che
 
 
 class QSGDQuantizer:
-    """Unbiased stochastic rounding onto ``k = 2**b`` levels per bucket (PAPER.md §3.3).
+    """Unbiased stochastic rounding onto ``k = 2**b`` levels per bucket (docs/quantizers.md#qsgd-paper-code).
 
     Per bucket: ``unit = (max - min)/(k - 1)``, code ``v = floor((x - min)/unit + U)`` with
     ``U ~ U[0, 1)`` from the message generator, value ``min + v*unit``; constant buckets give codes 0.
