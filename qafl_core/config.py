@@ -9,6 +9,8 @@ Names follow the issue tracker's contract (``clients_per_round``, ``local_steps`
 Defaults follow PAPER.md §8 "best readings": K = 5, base ``sit`` = 10 scaled by b/32, ``swt`` = 0,
 lattice spacing 1e-4, 30 % slow clients with exponential step times of mean 2 (fast) and 8 (slow),
 constant learning rate, QuAFL client learning-rate scaling (s+1)/s on.
+
+Longer than 250 lines on purpose: every key, its default and its validation stay in one table.
 """
 from __future__ import annotations
 

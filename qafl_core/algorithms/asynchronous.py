@@ -1,7 +1,7 @@
 """What the asynchronous algorithms share (FedBuff, FedAsync, QAFeL): client jobs at a bounded concurrency on
 the simulated clock, and a server step that collects a fixed number of arriving updates.
 
-Event semantics (the same for the three algorithms; see ``docs/timing.md``):
+Event semantics (the same for the three algorithms; ``docs/baselines.md``):
 
 * A *job* is one client's K local SGD steps, from the model it downloaded when the job started, up to its
   upload. It lasts the sum of the client's K step times (:class:`qafl_core.timing.ClientClocks`). Jobs arrive
@@ -23,16 +23,16 @@ Event semantics (the same for the three algorithms; see ``docs/timing.md``):
 * The *staleness* of an update is the number of server steps between its job's start and its arrival
   (server versions, not arrivals): 0 when nothing was applied meanwhile.
 
-Computation follows the events. The events of a server step (who arrives, who starts when) depend only on step
-durations, so they are decided first; then the arriving jobs are trained in *waves*: maximal runs of consecutive
-arrivals none of which started during this server step. A wave is trained by one ``local_sgd_many`` call when
-the task is batched (an accelerator computes many clients at once), else one job at a time in arrival order.
-Its updates then reach the server in arrival order, and the jobs started so far download their model (after
-their client's previous update was computed: a client's own last model is the decoding key of key-based
-quantizers). An arrival of a job started during the same server step opens a new wave, since it trains from
-that download. A job touches only its client's row, its client's mini-batch stream and its start message, so
-the grouping changes nothing: the sequential path performs exactly the operations of handling one arrival at
-a time, and the batched path differs from it only by the batched kernels' float rounding.
+Computation lags behind the events, which depend only on step durations and the start draws: the arrivals of
+a server step are trained in *waves*, runs of consecutive arrivals. A new wave begins at an arrival whose job was
+started during the same server step, since that job trains from a download made after the previous wave (a
+client downloads after its previous update was computed: its own last model is the decoding key of key-based
+quantizers). A wave is trained by one ``local_sgd_many`` call when the task is batched (an accelerator computes
+many clients at once), else one job at a time in arrival order; its updates then reach the server in arrival
+order, and the jobs started so far download their start model. A job touches only its client's row, its
+client's mini-batch stream and its start message, so the grouping changes nothing: the sequential path performs
+exactly the operations of handling one arrival at a time, and the batched path differs from it only by the
+batched kernels' float rounding.
 """
 from __future__ import annotations
 

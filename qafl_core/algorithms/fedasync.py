@@ -11,7 +11,7 @@ since the job started),
 
     alpha_t = alpha * s(d),        x <- (1 - alpha_t) x + alpha_t y,        t <- t + 1
 
-and the server spends ``sit`` on the merge. Staleness functions (``fedasync_staleness``; the paper's §5):
+and the server spends ``sit`` on the merge. Staleness functions (``fedasync_staleness``):
 constant ``s = 1``; polynomial ``s(d) = (d + 1)^-a``; hinge ``s(d) = 1`` if ``d <= b`` else
 ``1 / (a (d - b) + 1)`` (``fedasync_a``, ``fedasync_b``; the paper uses a = 0.5 for the polynomial and
 a = 10, b = 4 for the hinge). ``alpha`` is ``fedasync_alpha`` (the paper: 0.6 to 0.9).

@@ -1,6 +1,6 @@
 """FedBuff: buffered asynchronous aggregation (Nguyen, Malik, Zhan, Yousefpour, Rabbat, Malek, Huba,
 "Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022, arXiv:2106.06639), on the simulated
-clock, as the QuAFL paper's code runs it (Zakerinia et al., AISTATS 2024, arXiv:2206.10032, §5).
+clock, as the released code of the QuAFL paper runs it (Zakerinia et al., AISTATS 2024, arXiv:2206.10032).
 
 Clients run jobs of K local SGD steps on the model they downloaded when the job started, at most C at once
 (``concurrency``; default n: every client always busy, the paper code). A finished job uploads its quantized
