@@ -167,8 +167,8 @@ def bench_rss(size: str) -> Line:
 
 
 # fedbuff_concurrency: n, s, K, batch, ((sit, horizon), ...), repetitions
-CONCURRENCY_SIZES = {"full": (100, 10, 5, 32, ((10.0, 1000.0), (1.0, 100.0)), 3),
-                     "quick": (100, 10, 5, 32, ((10.0, 400.0), (1.0, 50.0)), 3),
+CONCURRENCY_SIZES = {"full": (100, 10, 5, 32, ((10.0, 500.0), (1.0, 60.0)), 3),
+                     "quick": (100, 10, 5, 32, ((10.0, 200.0), (1.0, 30.0)), 3),
                      "tiny": (10, 2, 2, 8, ((10.0, 30.0), (1.0, 10.0)), 1)}
 
 
