@@ -270,3 +270,17 @@ def test_cli_accepts_concurrency(tmp_path, capsys):
     assert main(["run", "--set", "concurrency=0", "--quiet", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["qafl: error: concurrency: must be >= 1, got 0"]
+
+
+def test_fedbuff_concurrency_bench_line_on_a_tiny_workload(capsys):
+    from qafl_core import bench
+
+    line = bench.bench_fedbuff_concurrency("tiny")
+    assert line.name == "fedbuff_concurrency" and line.passed is None and line.target == "reported"
+    assert 0 < line.value < 100 and line.note.startswith("reported, no target")
+    for res in (line.detail["sit=10"], line.detail["sit=1"]):
+        assert res["local_steps_n"] > 0 and res["local_steps_2s"] > 0 and len(res["ratios"]) == 1
+    # with sit = 1 the tiny run is client-bound: fewer jobs at concurrency 2s reach the server
+    assert line.detail["sit=1"]["local_steps_2s"] < line.detail["sit=1"]["local_steps_n"]
+    assert main(["bench", "--tiny", "--json", "--only", "fedbuff_concurrency"]) == 0
+    assert "fedbuff_concurrency" in capsys.readouterr().out
