@@ -23,6 +23,10 @@ runs are timed in this process's CPU time (on a shared 2-core machine, wall-cloc
 * ``quantizer_gbps`` -- lattice and QSGD (b = 10) encode+decode throughput on a 6.6 M-coordinate vector
   (the FEMNIST CNN) next to ``copy_``, GB/s of float32 input; target: one message costs less than one CNN
   SGD step (batch 32), timed interleaved with the quantizers; all on one thread, as the engine runs them.
+* ``fedbuff_concurrency`` -- the CPU time of a FedBuff run at concurrency C = 2s divided by the same run at
+  C = n (MLP 784-32-10 on Fashion-MNIST shards, n = 100, Z = s = 10, K = 5, batch 32, identity, one thread, the
+  same simulated horizon), interleaved, median of repetitions; reported, no target. The value is at the
+  default ``sit`` = 10, the note adds ``sit`` = 1 and the local SGD steps each run made.
 * ``peak_rss_300_clients_gb`` -- peak resident memory (``ru_maxrss`` of a child process, via ``os.wait4``)
   of a QuAFL run (lattice, b = 10) with 300 FEMNIST-CNN clients: evaluation, a few rounds, evaluation.
 """
@@ -45,7 +49,7 @@ import torch
 from qafl_core.bench_workloads import cnn_dataset, engine_pair, keep_freed_memory, mlp_dataset, quantizer_throughput
 
 NAMES = ("engine_vs_bare_cnn", "engine_vs_bare_mlp", "batched_vs_bare_mlp", "flower_vs_engine", "quantizer_gbps",
-         "peak_rss_300_clients_gb")
+         "peak_rss_300_clients_gb", "fedbuff_concurrency")
 FLOWER_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "flower_compare.py"
 
 
@@ -162,9 +166,56 @@ def bench_rss(size: str) -> Line:
     return Line(name, round(gb, 2), target, gb < 12, note, res)
 
 
+# fedbuff_concurrency: n, s, K, batch, ((sit, horizon), ...), repetitions
+CONCURRENCY_SIZES = {"full": (100, 10, 5, 32, ((10.0, 500.0), (1.0, 60.0)), 3),
+                     "quick": (100, 10, 5, 32, ((10.0, 200.0), (1.0, 30.0)), 3),
+                     "tiny": (10, 2, 2, 8, ((10.0, 30.0), (1.0, 10.0)), 1)}
+
+
+def bench_fedbuff_concurrency(size: str) -> Line:
+    """What bounding FedBuff's concurrency saves: a run at C = 2s over the same run at C = n (every client busy).
+
+    The simulator trains a job only when it reaches the server, so the cost follows the arrivals the server
+    handles: at most Z per ``sit`` (server-bound), at most C per mean job time (client-bound)."""
+    from qafl_core.bench_workloads import intra_op_threads
+    from qafl_core.config import RunConfig
+    from qafl_core.local import NeuralTask
+    from qafl_core.runner import build_simulation
+
+    n, s, k, batch, settings, reps = CONCURRENCY_SIZES[size]
+    ds, source = mlp_dataset(n, tiny=size == "tiny")
+
+    def run_once(c: int, sit: float, horizon: float) -> tuple[float, int]:
+        cfg = RunConfig(dataset="fmnist", algorithm="fedbuff", num_clients=n, clients_per_round=s, local_steps=k,
+                        batch_size=batch, lr=0.01, sit=sit, time_limit=horizon, concurrency=c, progress=False)
+        sim = build_simulation(cfg, NeuralTask(ds, "mlp", 0, batch))
+        t = time.process_time()
+        while not sim.done():
+            sim.step()
+        return time.process_time() - t, sim.local_steps
+
+    res = {}
+    with intra_op_threads(1):
+        for sit, horizon in settings:
+            ratios, steps = [], None
+            for _ in range(reps):                       # interleaved: C = n, then C = 2s, repeated
+                full, lean = run_once(n, sit, horizon), run_once(2 * s, sit, horizon)
+                ratios.append(lean[0] / full[0])
+                steps = (full[1], lean[1])
+            res[f"sit={sit:g}"] = {"ratio": statistics.median(ratios), "ratios": ratios, "horizon": horizon,
+                                   "local_steps_n": steps[0], "local_steps_2s": steps[1]}
+    (a, ra), (b, rb) = res.items()
+    note = (f"reported, no target; FedBuff MLP ({source}), n={n} Z=s={s} K={k} batch {batch}, identity, 1 thread, "
+            f"CPU time, median of {reps}: {a} (default, t<={ra['horizon']:g}) C=2s/C=n = {ra['ratio']:.3f} "
+            f"({ra['local_steps_2s']} vs {ra['local_steps_n']} local steps); {b} (t<={rb['horizon']:g}) "
+            f"{rb['ratio']:.3f} ({rb['local_steps_2s']} vs {rb['local_steps_n']} local steps)")
+    return Line("fedbuff_concurrency", round(ra["ratio"], 3), "reported", None, note, res)
+
+
 RUNNERS = {"engine_vs_bare_cnn": bench_cnn, "engine_vs_bare_mlp": bench_mlp,
            "batched_vs_bare_mlp": lambda size: bench_mlp(size, batched=True), "flower_vs_engine": bench_flower,
-           "quantizer_gbps": bench_quantizers, "peak_rss_300_clients_gb": bench_rss}
+           "quantizer_gbps": bench_quantizers, "peak_rss_300_clients_gb": bench_rss,
+           "fedbuff_concurrency": bench_fedbuff_concurrency}
 
 
 # ---------------------------------------------------------------------- output

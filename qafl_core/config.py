@@ -9,6 +9,8 @@ Names follow the issue tracker's contract (``clients_per_round``, ``local_steps`
 Defaults follow the best readings of docs/choices.md#hyper-parameters: K = 5, base ``sit`` = 10 scaled by b/32, ``swt`` = 0,
 lattice spacing 1e-4, 30 % slow clients with exponential step times of mean 2 (fast) and 8 (slow),
 constant learning rate, QuAFL client learning-rate scaling (s+1)/s on.
+
+Longer than 250 lines on purpose: every key, its default and its validation stay in one table.
 """
 from __future__ import annotations
 
@@ -19,13 +21,16 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-ALGORITHMS = ("quafl", "fedavg", "fedbuff")
-QUANTIZERS = ("identity", "lattice", "qsgd", "dithered_lattice")
+ALGORITHMS = ("quafl", "fedavg", "fedbuff", "fedasync", "qafel")
+QUANTIZERS = ("identity", "lattice", "qsgd", "dithered_lattice", "topk", "qsgd_norm")
 DATASETS = ("synthetic", "femnist", "shakespeare", "celeba", "fmnist", "mnist", "cifar10", "quadratic")
 TIMINGS = ("exponential", "uniform")
 STALENESS = ("none", "sqrt", "poly")
 DECODE_KEYS = ("current", "base")
 OPTIMIZERS = ("sgd",)
+FEDASYNC_STALENESS = ("constant", "poly", "hinge")
+QAFEL_VARIANTS = ("qafel", "naive")
+QAFEL_ORDERS = ("step_then_dispatch", "dispatch_then_step")
 
 # keys that never change the results of a run (excluded from the hash)
 _NON_RESULT_KEYS = ("progress", "checkpoint_every", "data_root", "eval_workers", "num_threads")
@@ -80,6 +85,18 @@ class RunConfig:
     staleness: str = "none"               # none | sqrt: 1/sqrt(1+tau) | poly: (1+tau)^-staleness_exponent
     staleness_exponent: float = 0.5
     fedbuff_client_lr_s_over_n: bool = False  # the paper code's client lr * s/n quirk (docs/baselines.md#fedbuff)
+    concurrency: int | None = None        # FedBuff/FedAsync/QAFeL: clients training at once; None -> n (all busy)
+    # FedAsync (Xie, Koyejo, Gupta 2019)
+    fedasync_alpha: float = 0.6           # mixing weight alpha of an arriving model
+    fedasync_staleness: str = "constant"  # constant | poly: (d+1)^-a | hinge: 1 if d <= b else 1/(a(d-b)+1)
+    fedasync_a: float = 0.5
+    fedasync_b: float = 4.0
+    fedasync_rho: float = 0.0             # proximal term rho of the clients' local steps (0: plain SGD)
+    # QAFeL (Ortega, Jafarkhani 2024)
+    server_quantizer: str | None = None   # Q_s of the hidden-state broadcast; None -> quantizer
+    server_bits: int | None = None        # bits of Q_s; None -> bits
+    qafel_variant: str = "qafel"          # qafel (hidden state) | naive (clients start from Q_s(x))
+    qafel_order: str = "step_then_dispatch"  # or dispatch_then_step: the Z-th client restarts before the step
     # run management
     progress: bool = True
     checkpoint_every: float | None = None
@@ -95,6 +112,9 @@ class RunConfig:
         _check_choice("staleness", self.staleness, STALENESS)
         _check_choice("client_decode_key", self.client_decode_key, DECODE_KEYS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("fedasync_staleness", self.fedasync_staleness, FEDASYNC_STALENESS)
+        _check_choice("qafel_variant", self.qafel_variant, QAFEL_VARIANTS)
+        _check_choice("qafel_order", self.qafel_order, QAFEL_ORDERS)
         _check_int("seed", self.seed, lo=0)
         if self.num_clients is not None:
             _check_int("num_clients", self.num_clients, lo=1)
@@ -122,6 +142,28 @@ class RunConfig:
             _check_int("buffer_size", self.buffer_size, lo=1)
             if self.num_clients is not None and self.buffer_size > self.num_clients:
                 raise ValueError(f"buffer_size: Z = {self.buffer_size} exceeds num_clients = {self.num_clients}")
+        if self.concurrency is not None:
+            _check_int("concurrency", self.concurrency, lo=1)
+            if self.num_clients is not None and self.concurrency > self.num_clients:
+                raise ValueError(f"concurrency: C = {self.concurrency} exceeds num_clients = {self.num_clients}")
+        _check_float("fedasync_alpha", self.fedasync_alpha, positive=True)
+        if self.fedasync_alpha > 1:
+            raise ValueError(f"fedasync_alpha: must be in (0, 1], got {self.fedasync_alpha}")
+        for name in ("fedasync_a", "fedasync_b", "fedasync_rho"):
+            _check_float(name, getattr(self, name), positive=False)
+        if self.quantizer == "qsgd_norm" and self.bits < 2:
+            raise ValueError(f"bits: qsgd_norm sends a sign and a level per coordinate, so it needs at least 2 bits; "
+                             f"got {self.bits}")
+        if self.server_quantizer is not None:
+            _check_choice("server_quantizer", self.server_quantizer, QUANTIZERS)
+        if self.server_bits is not None:
+            _check_int("server_bits", self.server_bits, lo=1, hi=32)
+        if self.server_quantizer is not None or self.server_bits is not None:
+            sq, sb = self.effective_server_quantizer
+            if sq == "identity" and sb != 32:
+                raise ValueError(f"server_bits: the identity server quantizer sends 32-bit floats; got {sb}")
+            if sq == "qsgd_norm" and sb < 2:
+                raise ValueError(f"server_bits: qsgd_norm needs at least 2 bits (sign and level); got {sb}")
         if self.max_server_steps is not None:
             _check_int("max_server_steps", self.max_server_steps, lo=1)
         if self.eval_max_samples is not None:
@@ -150,6 +192,12 @@ class RunConfig:
     @property
     def effective_buffer_size(self) -> int:
         return self.buffer_size if self.buffer_size is not None else self.clients_per_round
+
+    @property
+    def effective_server_quantizer(self) -> tuple[str, int]:
+        """QAFeL's server quantizer and its bits: ``server_quantizer``/``server_bits``, else the run's own."""
+        return (self.server_quantizer if self.server_quantizer is not None else self.quantizer,
+                self.server_bits if self.server_bits is not None else self.bits)
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:

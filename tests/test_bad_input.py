@@ -159,7 +159,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
     ("config-bool", _run(*QUAD, "server_averaging=maybe"), ("server_averaging: expected true/false",)),
     ("config-buffer-too-big", _run(*QUAD, "algorithm=fedbuff", "buffer_size=7"), ("buffer_size: Z = 7 exceeds",)),
     ("config-unknown-algorithm", _run(*QUAD, "algorithm=fedprox"), ("algorithm: unknown value 'fedprox'", "quafl")),
-    ("config-unknown-quantizer", _run(*QUAD, "quantizer=topk"), ("quantizer: unknown value 'topk'", "lattice")),
+    ("config-unknown-quantizer", _run(*QUAD, "quantizer=zip"), ("quantizer: unknown value 'zip'", "lattice")),
     ("config-unknown-dataset", _run("dataset=emnist"), ("dataset: unknown value 'emnist'", "femnist")),
     ("config-unknown-staleness", _run(*QUAD, "staleness=exp"), ("staleness: unknown value 'exp'",)),
     ("config-unknown-model", _run(*SYNTH, "model=vgg"), ("unknown model 'vgg'",)),

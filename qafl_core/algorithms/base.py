@@ -106,18 +106,22 @@ class Simulation:
         frac = self.time / self.cfg.time_limit
         return 0.1 if frac >= 0.8 else 0.5 if frac >= 0.6 else 1.0
 
-    def encode(self, x: torch.Tensor, *msg_id: object):
-        return self.quantizer.encode(x, torch_generator(self.cfg.seed, "quant", self.server_steps, *msg_id))
+    def encode(self, x: torch.Tensor, *msg_id: object, quantizer=None):
+        """Encode ``x`` with the run's quantizer (or ``quantizer``), from the message's own named stream."""
+        q = quantizer if quantizer is not None else self.quantizer
+        return q.encode(x, torch_generator(self.cfg.seed, "quant", self.server_steps, *msg_id))
 
-    def decode(self, msg, key: torch.Tensor | None, direction: str) -> torch.Tensor:
-        """Decode ``msg`` against the receiver's ``key``, counting wrap-around failures (never silent)."""
-        out = self.quantizer.decode(msg, key)
+    def decode(self, msg, key: torch.Tensor | None, direction: str, quantizer=None) -> torch.Tensor:
+        """Decode ``msg`` against the receiver's ``key`` with the run's quantizer (or ``quantizer``), counting
+        wrap-around failures (never silent)."""
+        q = quantizer if quantizer is not None else self.quantizer
+        out = q.decode(msg, key)
         if out.failures:
             self.decode_failures += out.failures
             self.failed_messages += 1
             if self.failed_messages <= 5 or self.failed_messages % 100 == 0:
                 log.warning("%s: %d coordinate(s) of a %s message fell outside the %s decoding window at t=%.1f "
-                            "(%d failed messages so far)", self.name, out.failures, direction, self.quantizer.name,
+                            "(%d failed messages so far)", self.name, out.failures, direction, q.name,
                             self.time, self.failed_messages)
         return out.value
 

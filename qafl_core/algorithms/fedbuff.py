@@ -1,86 +1,80 @@
-"""FedBuff: buffered asynchronous aggregation (Nguyen et al., "Federated Learning with Buffered
-Asynchronous Aggregation", AISTATS 2022), on the simulated clock (docs/baselines.md#fedbuff).
+"""FedBuff: buffered asynchronous aggregation (Nguyen, Malik, Zhan, Yousefpour, Rabbat, Malek, Huba,
+"Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022, arXiv:2106.06639), on the simulated
+clock, as the released code of the QuAFL paper runs it (Zakerinia et al., AISTATS 2024, arXiv:2206.10032).
 
-Every client is always working: it runs K local SGD steps on the model it last received, uploads its
-quantized displacement Delta_i (decoded against zero — the paper code decoded deltas against the
-server model, which is why its lattice-quantized FedBuff never learned, docs/choices.md#delta-decoding), immediately
-downloads the current server model and starts again (the client whose update fills the buffer gets
-the freshly updated model).  Clients finish in order of simulated time; the server keeps the first Z
-finished updates in a buffer and, when it holds Z of them, applies
-``X <- X - server_lr * (1/Z) sum_i w(tau_i) Q(Delta_i)`` and spends ``sit``.  ``tau_i`` is the number of
-server steps since client i's model was sent; ``w`` is 1 (``staleness=none``, as in the paper code),
-``1/sqrt(1+tau)`` (``sqrt``, Nguyen et al.) or ``(1+tau)^-a`` (``poly``).  The client step size is
-``lr``; the paper code's extra factor s/n is available as ``fedbuff_client_lr_s_over_n``.
+Clients run jobs of K local SGD steps on the model they downloaded when the job started, at most C at once
+(``concurrency``; default n: every client always busy, the paper code). A finished job uploads its quantized
+displacement Delta_i = (start model - trained model), decoded against zero (the paper code decoded deltas
+against the server model, which is why its lattice-quantized FedBuff never learned). The server keeps the
+updates in a buffer and, when it holds Z of them (``buffer_size``, default s), applies
+``X <- X - server_lr * (1/Z) sum_i w(tau_i) Q(Delta_i)`` and spends ``sit``. ``tau_i`` is the staleness of
+update i in server steps; ``w`` is 1 (``staleness=none``, as in the paper code), ``1/sqrt(1+tau)`` (``sqrt``,
+Nguyen et al.) or ``(1+tau)^-a`` (``poly``).
+
+Who gets which model (:mod:`qafl_core.algorithms.asynchronous` states the event rules): each arrival starts a
+new job for a client drawn uniformly among the idle ones (with C = n: the reporter itself); the jobs started by
+the first Z-1 arrivals of a buffer download the current model X_t (start version t), the job started by the
+Z-th arrival downloads X_{t+1} after the flush. Every download is the server model encoded once per version
+and decoded against the receiving client's own last model. The client step size is ``lr``; the paper code's
+extra factor s/n is available as ``fedbuff_client_lr_s_over_n``.
 """
 from __future__ import annotations
 
-import heapq
 import math
 
 import torch
 
-from qafl_core.algorithms.base import Simulation, vector_ops_on_one_thread
+from qafl_core.algorithms.asynchronous import Arrival, AsyncSimulation
 
 
-class FedBuff(Simulation):
+class FedBuff(AsyncSimulation):
     name = "fedbuff"
-    extra_state = ("clients", "start_step", "queue")
 
     def __init__(self, cfg, task, quantizer, clocks):
+        if cfg.effective_buffer_size > task.num_clients:
+            raise ValueError(f"buffer_size: Z = {cfg.effective_buffer_size} exceeds the {task.num_clients} clients "
+                             "of the dataset")
         super().__init__(cfg, task, quantizer, clocks)
-        if cfg.effective_buffer_size > self.n:
-            raise ValueError(f"buffer_size: Z = {cfg.effective_buffer_size} exceeds the {self.n} clients of the dataset")
-        self.clients = self.server.unsqueeze(0).repeat(self.n, 1)
-        self.start_step = [0] * self.n
-        self.queue = [(clocks.draw_sum(i, cfg.local_steps), i) for i in range(self.n)]
-        heapq.heapify(self.queue)
         # (server_steps, message): the server model is encoded once per version; not checkpointed, since
         # re-encoding is deterministic (the message generator is keyed by the server step)
         self._down_cache = None
-        lr = cfg.lr * (cfg.clients_per_round / self.n if cfg.fedbuff_client_lr_s_over_n else 1.0)
-        self.client_lr = lr
-        self._delta = torch.empty_like(self.server)
+        self.client_lr = cfg.lr * (cfg.clients_per_round / self.n if cfg.fedbuff_client_lr_s_over_n else 1.0)
+        self._buffer: torch.Tensor | None = None
+
+    @property
+    def arrivals_per_step(self) -> int:
+        return self.cfg.effective_buffer_size
 
     def weight(self, tau: int) -> float:
+        """The staleness weight w(tau) of an update."""
         if self.cfg.staleness == "sqrt":
             return 1.0 / math.sqrt(1.0 + tau)
         if self.cfg.staleness == "poly":
             return (1.0 + tau) ** (-self.cfg.staleness_exponent)
         return 1.0
 
+    def begin_step(self) -> None:
+        self._buffer = self.accumulator()
+
+    def receive(self, arrival: Arrival, start: torch.Tensor) -> None:
+        """Q(start - trained), decoded against zero, enters the buffer with weight w(tau)."""
+        i = arrival.client
+        up = self.encode(start.sub_(self.clients[i]), "up", i)    # consumed here: the buffer is reused
+        self._buffer.add_(self.decode(up, self.zeros, "client->server"), alpha=self.weight(arrival.staleness))
+        self.record_contact(i, self.cfg.local_steps)
+        self.bits_up += up.bits
+
+    def server_update(self) -> None:
+        self.apply_server_delta(self._buffer.div_(self.arrivals_per_step), self.cfg.server_lr)
+
     def _down_message(self):
         if self._down_cache is None or self._down_cache[0] != self.server_steps:
             self._down_cache = (self.server_steps, self.encode(self.server, "down"))
         return self._down_cache[1]
 
-    def _restart(self, i: int) -> None:
-        """Client i downloads the current server model and starts its next K steps now."""
+    def download(self, client: int) -> None:
+        """The client decodes the current server model's message against its own last model."""
         down = self._down_message()
-        row = self.clients[i]
+        row = self.clients[client]
         row.copy_(self.decode(down, row, "server->client"))
         self.bits_down += down.bits
-        self.start_step[i] = self.server_steps
-        heapq.heappush(self.queue, (self.time + self.clocks.draw_sum(i, self.cfg.local_steps), i))
-
-    @vector_ops_on_one_thread
-    def step(self) -> None:
-        cfg = self.cfg
-        z = cfg.effective_buffer_size
-        acc = self.accumulator()
-        for j in range(z):
-            finish, i = heapq.heappop(self.queue)
-            self.time = max(self.time, finish)
-            row = self.clients[i]
-            start = self._delta.copy_(row)          # reused buffer: the message is consumed before the next client
-            self.local_sgd(row, i, cfg.local_steps, self.client_lr * self.lr_factor())
-            up = self.encode(start.sub_(row), "up", i)
-            acc.add_(self.decode(up, self.zeros, "client->server"), alpha=self.weight(self.server_steps - self.start_step[i]))
-            self.record_contact(i, cfg.local_steps)
-            self.bits_up += up.bits
-            if j < z - 1:  # the buffer is not full: the client takes the current model and goes on
-                self._restart(i)
-        # the Z-th update fills the buffer: the server applies it, and that client gets the new model
-        self.apply_server_delta(acc.div_(z), cfg.server_lr)
-        self.server_steps += 1
-        self.time += cfg.round_sit
-        self._restart(i)

@@ -42,6 +42,8 @@ from qafl_core.quantize.base import _CHUNK, Decoded, Message, Quantizer  # noqa:
 from qafl_core.quantize.identity import IdentityQuantizer
 from qafl_core.quantize.lattice import DitheredLatticeQuantizer, LatticeQuantizer
 from qafl_core.quantize.qsgd import QSGDQuantizer
+from qafl_core.quantize.qsgd_norm import NormQSGDQuantizer
+from qafl_core.quantize.topk import TopKQuantizer
 
 #: name -> builder ``(bits, eps, bucket, segments) -> Quantizer``; add one with :func:`register_quantizer`.
 BUILDERS: dict[str, Callable[..., Quantizer]] = {}
@@ -60,6 +62,8 @@ register_quantizer("lattice", lambda bits, eps, bucket, segments: LatticeQuantiz
 register_quantizer("dithered_lattice",
                    lambda bits, eps, bucket, segments: DitheredLatticeQuantizer(bits, float(eps), segments))
 register_quantizer("qsgd", lambda bits, eps, bucket, segments: QSGDQuantizer(bits, bucket, segments))
+register_quantizer("topk", lambda bits, eps, bucket, segments: TopKQuantizer(bits=bits, segments=segments))
+register_quantizer("qsgd_norm", lambda bits, eps, bucket, segments: NormQSGDQuantizer.from_bits(bits, bucket, segments))
 QUANTIZERS = tuple(BUILDERS)
 
 
