@@ -1,6 +1,6 @@
 """MNIST, Fashion-MNIST and CIFAR-10 split into i.i.d. equal shards, as in the QuAFL code.
 
-The paper's code (Zakerinia et al., AISTATS 2024; ``dataset_manager.py``, docs/PAPER.md §6.1) gives each
+The paper's code (Zakerinia et al., AISTATS 2024; ``dataset_manager.py``; docs/data.md) gives each
 of the ``n`` clients a ``DistributedSampler(num_replicas=n, rank=i, shuffle=True)`` shard: a seeded random
 permutation of the training set cut into ``n`` equal, disjoint parts.  Here:
 
