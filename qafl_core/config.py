@@ -162,7 +162,8 @@ class RunConfig:
             raise ValueError(f"dirichlet_alpha: only used with partition: dirichlet (partition is {self.partition})")
         if self.timing == "lognormal":
             if self.speed_sigma is None:
-                raise ValueError("speed_sigma: timing: lognormal needs speed_sigma (sigma of the log mean step time, e.g. 0.5)")
+                raise ValueError("speed_sigma: timing: lognormal needs speed_sigma "
+                                 "(sigma of the log mean step time, e.g. 0.5)")
             _check_float("speed_sigma", self.speed_sigma, positive=False)
         elif self.speed_sigma is not None:
             raise ValueError(f"speed_sigma: only used with timing: lognormal (timing is {self.timing})")

@@ -61,7 +61,8 @@ def describe(args: argparse.Namespace) -> int:
         if value not in (None, False):
             options[key] = value
     ds = _load(args, options)
-    report = {**ds.stats(), **label_heterogeneity(ds), "dataset": args.name, "default_model": DATASETS[args.name]["model"],
+    report = {**ds.stats(), **label_heterogeneity(ds), "dataset": args.name,
+              "default_model": DATASETS[args.name]["model"],
               "description": DATASETS[args.name]["description"], "root": args.root, "options": options,
               # the top level of info is always kept as a mapping (only nested entries are summarised)
               "info": {str(k): _summarise(v) for k, v in ds.info.items()}}
@@ -108,7 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="loader option, repeatable (e.g. --option sf=0.5); values parsed as JSON when possible")
     d.add_argument("--merge", action="store_true", help="femnist: merge every LEAF sample under --root")
-    d.add_argument("--num-clients", type=int, default=None, help="mnist/fmnist/cifar10: number of i.i.d. shards")
+    d.add_argument("--num-clients", type=int, default=None,
+                   help="mnist/fmnist/cifar10: number of clients (i.i.d. shards, or those of --partition)")
     d.add_argument("--seed", type=int, default=None, help="shuffle seed (vision) or generator seed (synthetic)")
     d.add_argument("--validation", type=int, default=None, help="vision: hold out this many train samples for evaluation")
     d.add_argument("--partition", choices=PARTITIONS, default=None,
