@@ -24,7 +24,9 @@ from typing import Any, Mapping
 ALGORITHMS = ("quafl", "fedavg", "fedbuff", "fedasync", "qafel")
 QUANTIZERS = ("identity", "lattice", "qsgd", "dithered_lattice", "topk", "qsgd_norm")
 DATASETS = ("synthetic", "femnist", "shakespeare", "celeba", "fmnist", "mnist", "cifar10", "quadratic")
-TIMINGS = ("exponential", "uniform")
+TIMINGS = ("exponential", "uniform", "lognormal", "trace")
+PARTITIONS = ("natural", "iid", "dirichlet")
+VISION_DATASETS = ("fmnist", "mnist", "cifar10")
 STALENESS = ("none", "sqrt", "poly")
 DECODE_KEYS = ("current", "base")
 OPTIMIZERS = ("sgd",)
@@ -47,6 +49,8 @@ class RunConfig:
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     model: str = "auto"                   # "auto" -> the dataset's LEAF / paper-code model
     seed: int = 0
+    partition: str | None = None          # None -> the dataset's own: natural (LEAF, Synthetic) or iid (vision)
+    dirichlet_alpha: float | None = None  # Dir(alpha) label skew; only (and required) with partition: dirichlet
     # federation
     num_clients: int | None = None        # None -> every client of the dataset
     clients_per_round: int = 5            # s (QuAFL peers, FedAvg sample, FedBuff default buffer size)
@@ -73,6 +77,8 @@ class RunConfig:
     eval_every: float = 50.0
     eval_max_samples: int | None = None   # None -> the whole pooled test set
     eval_batch_size: int = 1024
+    speed_sigma: float | None = None      # timing: lognormal: sigma of log(mean step time); median fast_mean
+    timing_trace: str | None = None       # timing: trace: CSV client,mean_step_time[,std_step_time]
     # QuAFL switches (docs/algorithm.md)
     server_averaging: bool = True
     client_averaging: bool = True
@@ -116,6 +122,7 @@ class RunConfig:
         _check_choice("qafel_variant", self.qafel_variant, QAFEL_VARIANTS)
         _check_choice("qafel_order", self.qafel_order, QAFEL_ORDERS)
         _check_int("seed", self.seed, lo=0)
+        self._check_heterogeneity()
         if self.num_clients is not None:
             _check_int("num_clients", self.num_clients, lo=1)
         _check_int("clients_per_round", self.clients_per_round, lo=1)
@@ -180,6 +187,36 @@ class RunConfig:
                      "speed_lr_correction", "fedbuff_client_lr_s_over_n", "progress", "batched_clients"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true/false, got {getattr(self, name)!r}")
+
+    def _check_heterogeneity(self) -> None:
+        """Data partition and client-speed keys: each option only with the choice it belongs to."""
+        if self.partition is not None:
+            _check_choice("partition", self.partition, PARTITIONS)
+            if self.dataset == "quadratic":
+                raise ValueError("partition: the quadratic problem has no samples to partition")
+            if self.partition == "natural" and self.dataset in VISION_DATASETS:
+                raise ValueError(f"partition: {self.dataset} has no natural client partition; use iid or dirichlet")
+        if self.partition == "dirichlet":
+            if self.dirichlet_alpha is None:
+                raise ValueError("dirichlet_alpha: partition: dirichlet needs dirichlet_alpha (e.g. 0.1, 1 or 100)")
+            _check_float("dirichlet_alpha", self.dirichlet_alpha, positive=True)
+        elif self.dirichlet_alpha is not None:
+            raise ValueError(f"dirichlet_alpha: only used with partition: dirichlet (partition is {self.partition})")
+        if self.timing == "lognormal":
+            if self.speed_sigma is None:
+                raise ValueError("speed_sigma: timing: lognormal needs speed_sigma "
+                                 "(sigma of the log mean step time, e.g. 0.5)")
+            _check_float("speed_sigma", self.speed_sigma, positive=False)
+        elif self.speed_sigma is not None:
+            raise ValueError(f"speed_sigma: only used with timing: lognormal (timing is {self.timing})")
+        if self.timing == "trace":
+            if not isinstance(self.timing_trace, str) or not self.timing_trace.strip():
+                raise ValueError(f"timing_trace: timing: trace needs the path of a CSV file, got {self.timing_trace!r}")
+            if self.speed_lr_correction:
+                raise ValueError("speed_lr_correction: not available with timing: trace (its estimate assumes "
+                                 "exponential or constant step times)")
+        elif self.timing_trace is not None:
+            raise ValueError(f"timing_trace: only used with timing: trace (timing is {self.timing})")
 
     # ------------------------------------------------------------------ derived values
     @property

@@ -46,19 +46,35 @@ def _load_dataset_cached(name: str, root: str | None, options_json: str):
 def build_dataset(cfg: RunConfig):
     """The federated dataset of ``cfg``, restricted to ``num_clients`` clients where asked.
 
-    Two options are handled here rather than by the loaders: ``subset_seed`` (which clients a smaller
-    ``num_clients`` keeps; default 0, independent of the run seed) and ``pool: true``, which merges the
+    Three options are handled here rather than by the loaders: ``subset_seed`` (which clients a smaller
+    ``num_clients`` keeps; default 0, independent of the run seed), ``partition_seed`` (the stream of an
+    ``iid``/``dirichlet`` partition; default ``subset_seed``) and ``pool: true``, which merges the
     (selected) clients into one node holding all their data — the paper's single-node "Baseline".
+    ``cfg.partition`` (:mod:`qafl_core.data.partition`) re-deals the samples: on LEAF datasets the selected
+    clients' samples go to as many new clients; on the vision datasets (loaded as one shard) the whole
+    training and test sets go to ``num_clients`` clients (default 100).
     """
+    from qafl_core.data.partition import repartition
+
     opts = dict(cfg.dataset_options)
-    subset_seed = int(opts.pop("subset_seed", 0))
+    subset_seed = _int_option(opts.pop("subset_seed", 0), "subset_seed")
+    partition_seed = _int_option(opts.pop("partition_seed", subset_seed), "partition_seed")
     pool = opts.pop("pool", False)
     if not isinstance(pool, bool):
         raise ValueError(f"dataset_options.pool: expected true/false, got {pool!r}")
-    if cfg.dataset in ("fmnist", "mnist", "cifar10"):
-        opts.setdefault("num_clients", cfg.num_clients or 100)
+    vision = cfg.dataset in ("fmnist", "mnist", "cifar10")
+    scheme = cfg.partition or ("iid" if vision else "natural")
+    if vision and scheme == "natural":
+        raise ValueError(f"partition: {cfg.dataset} has no natural client partition; use iid or dirichlet")
+    if vision:
+        n_vision = cfg.num_clients or opts.get("num_clients") or 100
+        opts.setdefault("num_clients", n_vision)
         opts.setdefault("seed", subset_seed)
+        if scheme != "iid":  # one shard holding every sample (nothing dropped), re-dealt below
+            opts["num_clients"] = 1
     ds = _load_dataset_cached(cfg.dataset, cfg.data_root, json.dumps(opts, sort_keys=True))
+    if vision and scheme != "iid":
+        ds = repartition(ds, scheme, n_vision, cfg.dirichlet_alpha, partition_seed)
     if cfg.num_clients is not None and cfg.num_clients != ds.num_clients:
         if cfg.num_clients > ds.num_clients:
             raise ValueError(f"num_clients: {cfg.num_clients} requested but dataset {cfg.dataset!r} has only "
@@ -67,7 +83,15 @@ def build_dataset(cfg: RunConfig):
 
         idx = torch.randperm(ds.num_clients, generator=torch_generator(subset_seed, "client_subset"))[: cfg.num_clients]
         ds = ds.subset(sorted(idx.tolist()))
+    if not vision:
+        ds = repartition(ds, scheme, ds.num_clients, cfg.dirichlet_alpha, partition_seed)
     return ds.pooled() if pool else ds
+
+
+def _int_option(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"dataset_options.{name}: expected an integer >= 0, got {value!r}")
+    return value
 
 
 def model_name(cfg: RunConfig) -> str:
@@ -110,7 +134,8 @@ def build_simulation(cfg: RunConfig, task=None):
     task = task if task is not None else build_task(cfg)
     quantizer = make_quantizer(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps, bucket=cfg.qsgd_bucket,
                                segments=task.segments)
-    clocks = ClientClocks(task.num_clients, cfg.timing, cfg.slow_fraction, cfg.fast_mean, cfg.slow_mean, cfg.seed)
+    clocks = ClientClocks(task.num_clients, cfg.timing, cfg.slow_fraction, cfg.fast_mean, cfg.slow_mean, cfg.seed,
+                          speed_sigma=cfg.speed_sigma, trace=cfg.timing_trace)
     return ALGORITHMS[cfg.algorithm](cfg, task, quantizer, clocks)
 
 

@@ -108,3 +108,40 @@ def test_describe_real_femnist_json(capsys):
     report = json.loads(out)
     assert rc == 0 and (report["num_clients"], report["num_train_samples"], report["num_test_samples"],
                         report["num_classes"]) == (105, 14708, 1685, 62)
+
+
+def test_describe_reports_label_heterogeneity(capsys):
+    rc, out, err = run(capsys, "data", "describe", "synthetic", "--option", "num_tasks=20", "--json")
+    natural = json.loads(out)
+    assert rc == 0 and err == ""
+    for key in ("label_entropy_bits_mean", "label_entropy_bits_p10", "label_entropy_bits_p50", "label_entropy_bits_p90",
+                "label_tv_mean", "label_tv_p10", "label_tv_p50", "label_tv_p90", "majority_class_test_rate"):
+        assert isinstance(natural[key], float)
+    assert natural["label_tv_p10"] <= natural["label_tv_p50"] <= natural["label_tv_p90"]
+    rc, out, _ = run(capsys, "data", "describe", "synthetic", "--option", "num_tasks=20", "--partition", "iid", "--json")
+    iid = json.loads(out)
+    assert rc == 0 and iid["num_clients"] == 20 and iid["num_train_samples"] == natural["num_train_samples"]
+    assert iid["info"]["partition"] == "iid" and iid["label_tv_mean"] < natural["label_tv_mean"]
+    rc, out, _ = run(capsys, "data", "describe", "synthetic", "--option", "num_tasks=20", "--partition", "dirichlet",
+                     "--dirichlet-alpha", "0.05")
+    assert rc == 0 and "label_tv_p50" in out and "dirichlet_alpha: 0.05" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--partition", "iid", "--dirichlet-alpha", "1"], "--dirichlet-alpha: only used with --partition dirichlet"),
+    (["--partition", "dirichlet"], "dirichlet_alpha: must be a finite number > 0"),
+])
+def test_describe_partition_errors(capsys, argv, needle):
+    rc, out, err = run(capsys, "data", "describe", "synthetic", "--option", "num_tasks=5", *argv)
+    assert rc == 2 and out == "" and "Traceback" not in err and needle in err
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs the Debian Fashion-MNIST")
+def test_describe_fmnist_dirichlet_keeps_every_sample(capsys):
+    rc, out, _ = run(capsys, "data", "describe", "fmnist", "--num-clients", "20", "--partition", "dirichlet",
+                     "--dirichlet-alpha", "0.1", "--json")
+    r = json.loads(out)
+    assert rc == 0 and (r["num_clients"], r["num_train_samples"], r["num_test_samples"]) == (20, 60000, 10000)
+    assert r["label_tv_mean"] > 0.5 and r["majority_class_test_rate"] == pytest.approx(0.1)
+    rc, out, err = run(capsys, "data", "describe", "fmnist", "--partition", "natural")
+    assert rc == 2 and "fmnist has no natural client partition" in err

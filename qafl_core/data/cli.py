@@ -1,8 +1,11 @@
 """``qafl data ...`` sub-commands: ``describe`` (here) and ``prepare`` (from :mod:`qafl_core.data.prepare`).
 
-``qafl data describe NAME [--root DIR] [--option key=value ...] [--json]`` loads a dataset through
-:func:`qafl_core.data.registry.load_dataset` and prints its statistics (LEAF ``stats.sh`` style: clients,
-samples, mean/std samples per client) plus provenance (source, LEAF flags, seeds).  Errors are raised as
+``qafl data describe NAME [--root DIR] [--option key=value ...] [--partition iid|dirichlet ...] [--json]``
+loads a dataset through :func:`qafl_core.data.registry.load_dataset`, optionally re-partitions it
+(:mod:`qafl_core.data.partition`, as a run with ``partition:`` would), and prints its statistics (LEAF
+``stats.sh`` style: clients, samples, mean/std samples per client), how heterogeneous its partition is
+(per-client label entropy and total variation distance to the pooled label mix: mean, p10, p50, p90)
+plus provenance (source, LEAF flags, seeds).  Errors are raised as
 ValueError/FileNotFoundError; the ``qafl`` dispatcher prints them as one line and exits with status 2.
 """
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import json
 from typing import Any
 
+from qafl_core.data.partition import PARTITIONS, label_heterogeneity, repartition
 from qafl_core.data.registry import DATASETS, load_dataset
 
 _MAX_INFO_ITEMS = 25  # per-writer maps (e.g. 300 writers of a FEMNIST merge) are summarised, not printed
@@ -56,8 +60,9 @@ def describe(args: argparse.Namespace) -> int:
         value = getattr(args, flag, None)
         if value not in (None, False):
             options[key] = value
-    ds = load_dataset(args.name, args.root, **options)
-    report = {**ds.stats(), "dataset": args.name, "default_model": DATASETS[args.name]["model"],
+    ds = _load(args, options)
+    report = {**ds.stats(), **label_heterogeneity(ds), "dataset": args.name,
+              "default_model": DATASETS[args.name]["model"],
               "description": DATASETS[args.name]["description"], "root": args.root, "options": options,
               # the top level of info is always kept as a mapping (only nested entries are summarised)
               "info": {str(k): _summarise(v) for k, v in ds.info.items()}}
@@ -69,12 +74,27 @@ def describe(args: argparse.Namespace) -> int:
         if key == "info":
             continue
         if isinstance(value, float):
-            value = f"{value:.2f}"
+            value = f"{value:.3f}" if key.startswith(("label_", "majority_")) else f"{value:.2f}"
         print(f"{key:<{width}}  {value}")
     print("info:")
     for key, value in report["info"].items():
         print(f"  {key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
     return 0
+
+
+def _load(args: argparse.Namespace, options: dict[str, Any]):
+    """Load, then re-partition as ``runner.build_dataset`` does (vision: one shard, re-dealt)."""
+    scheme = args.partition
+    vision = args.name in ("mnist", "fmnist", "cifar10")
+    if args.dirichlet_alpha is not None and scheme != "dirichlet":
+        raise ValueError("--dirichlet-alpha: only used with --partition dirichlet")
+    if vision and scheme == "natural":
+        raise ValueError(f"--partition: {args.name} has no natural client partition; use iid or dirichlet")
+    if scheme in (None, "natural") or (vision and scheme == "iid"):
+        return load_dataset(args.name, args.root, **options)
+    n = int(options.get("num_clients", 10)) if vision else None  # 10 = the vision loader's default
+    ds = load_dataset(args.name, args.root, **({**options, "num_clients": 1} if vision else options))
+    return repartition(ds, scheme, n, args.dirichlet_alpha, args.partition_seed)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,9 +109,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="loader option, repeatable (e.g. --option sf=0.5); values parsed as JSON when possible")
     d.add_argument("--merge", action="store_true", help="femnist: merge every LEAF sample under --root")
-    d.add_argument("--num-clients", type=int, default=None, help="mnist/fmnist/cifar10: number of i.i.d. shards")
+    d.add_argument("--num-clients", type=int, default=None,
+                   help="mnist/fmnist/cifar10: number of clients (i.i.d. shards, or those of --partition)")
     d.add_argument("--seed", type=int, default=None, help="shuffle seed (vision) or generator seed (synthetic)")
     d.add_argument("--validation", type=int, default=None, help="vision: hold out this many train samples for evaluation")
+    d.add_argument("--partition", choices=PARTITIONS, default=None,
+                   help="re-deal the samples: iid shards or Dirichlet label skew (default: the dataset's own)")
+    d.add_argument("--dirichlet-alpha", type=float, default=None, help="alpha of --partition dirichlet")
+    d.add_argument("--partition-seed", type=int, default=0, help="seed of the --partition stream (default 0)")
     d.add_argument("--json", action="store_true", help="print exactly one JSON object")
     d.set_defaults(func=describe)
 

@@ -2,8 +2,8 @@
 
 LEAF datasets (FEMNIST, Shakespeare, CelebA, Synthetic; Caldas et al., 2018) keep LEAF's natural
 per-user partition; MNIST / Fashion-MNIST / CIFAR-10 are split i.i.d. as in the QuAFL code
-(docs/data.md#fashion-mnist-mnist-and-cifar-10).  Loaders are imported lazily so that a missing optional dependency of one
-dataset never breaks the others.
+(``dataset_manager.py``; docs/data.md#fashion-mnist-mnist-and-cifar-10).  A run's ``partition`` (:mod:`qafl_core.data.partition`) can re-deal either.
+Loaders are imported lazily so that a missing optional dependency of one dataset never breaks the others.
 """
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ DATASETS: dict[str, dict[str, Any]] = {
     "celeba": {"model": "celeba_cnn", "loader": "qafl_core.data.celeba:load_celeba", "subdir": "celeba",
                "description": "LEAF CelebA: smiling / not smiling, one client per celebrity (84x84 RGB)"},
     "synthetic": {"model": "logreg", "loader": "qafl_core.data.synthetic:load_synthetic", "subdir": None,
-                  "description": "LEAF Synthetic: generated 5-class, 60-dim logistic data, 1000 users (no files needed)"},
+                  "description": "LEAF Synthetic: generated 5-class, 60-dim logistic data, 1000 users (no files needed; "
+                                 "generator=fedprox: FedProx Synthetic(alpha, beta); preset=learnable)"},
     "mnist": {"model": "mlp", "loader": "qafl_core.data.vision:load_vision", "subdir": "mnist",
-              "description": "MNIST digits, i.i.d. equal shards over num_clients (paper code; MLP 784-32-10)"},
+              "description": "MNIST digits, i.i.d. equal shards over num_clients (or partition: dirichlet; paper code; MLP 784-32-10)"},
     "fmnist": {"model": "fmnist_cnn", "loader": "qafl_core.data.vision:load_vision", "subdir": "fmnist",
-               "description": "Fashion-MNIST, i.i.d. equal shards over num_clients (paper code; 2-conv CNN)"},
+               "description": "Fashion-MNIST, i.i.d. equal shards over num_clients (or partition: dirichlet; paper code; 2-conv CNN)"},
     "cifar10": {"model": "resnet20", "loader": "qafl_core.data.vision:load_vision", "subdir": "cifar10",
-                "description": "CIFAR-10, i.i.d. equal shards over num_clients (paper code; ResNet-20)"},
+                "description": "CIFAR-10, i.i.d. equal shards over num_clients (or partition: dirichlet; paper code; ResNet-20)"},
 }
 
 _FMNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"

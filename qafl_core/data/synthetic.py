@@ -12,11 +12,21 @@ Generative process of LEAF (Caldas et al., 2018; docs/data.md#synthetic), reprod
 
 LEAF quirk kept on purpose: its "softmax" divides ``exp(logits)`` by the sum over *samples* (Python
 ``sum`` over the rows), not over classes, and the label is the row-wise argmax of that.  This is what
-produced LEAF's published Synthetic data, so it is reproduced exactly (a softmax over
-classes would leave the argmax of the logits, which can differ).
+produced LEAF's published Synthetic data, so it is reproduced exactly (a row-wise "argmax softmax" would
+label samples differently).
 
 Then LEAF's ``preprocess.sh -s niid --sf 1.0 -k 5 -t sample --tf 0.6`` is applied (:mod:`qafl_core.data.leaf`).
 LEAF takes those seeds from the clock; our fixed defaults are ``smplseed = seed`` and ``spltseed = seed + 1``.
+
+``generator="fedprox"`` (an extension, off by default) is instead the Synthetic(α, β) process of Li et al.,
+"Federated Optimization in Heterogeneous Networks" (FedProx, MLSys 2020, arXiv:1812.06127), §5.1, whose two
+knobs set how much the clients' models (α) and inputs (β) differ; see :func:`generate_fedprox_synthetic`.
+It is cut into train/test by the same LEAF ``-t sample`` split, with FedProx's 90/10 (``tf = 0.9``).
+How it differs from LEAF's generator above: one model per client (``W_k``, ``b_k``) drawn around a client
+mean ``u_k`` instead of LEAF's shared ``Q`` times a low-dimensional cluster vector; 10 classes and 30
+clients instead of 5 and 1000; sample counts ``int(lognormal(4, 2)) + 50`` with no cap instead of
+``min(int(lognormal(3, 2)) + 5, 1000)``; no logit noise; a true (row-wise) softmax; feature means
+``v_k ~ N(B_k, 1)`` with ``B_k ~ N(0, β)`` where LEAF fixes β = 1.
 """
 from __future__ import annotations
 
@@ -78,6 +88,49 @@ def generate_synthetic(num_tasks: int = 1000, num_classes: int = 5, num_dim: int
     return {"users": users, "num_samples": [len(user_data[u]["y"]) for u in users], "user_data": user_data}
 
 
+def generate_fedprox_synthetic(num_tasks: int = 30, num_classes: int = 10, num_dim: int = 60, alpha: float = 1.0,
+                               beta: float = 1.0, seed: int = 931231) -> dict:
+    """FedProx's Synthetic(α, β) (Li et al., 2020, arXiv:1812.06127, §5.1) as a LEAF object.
+
+    Per client k, in the draw order of the FedProx code (``data/synthetic_*/generate_synthetic.py``), all from
+    one ``RandomState(seed)``: counts ``int(lognormal(4, 2)) + 50`` for every client; ``u_k ~ N(0, α)``;
+    ``B_k ~ N(0, β)``; ``v_k ~ N(B_k, 1)`` (``num_dim`` values); then per client ``W_k ~ N(u_k, 1)`` of shape
+    (num_dim, num_classes), ``b_k ~ N(u_k, 1)``, ``x ~ N(v_k, Σ)`` with ``Σ = diag(j^-1.2)``, ``j = 1..num_dim``,
+    and ``y = argmax softmax(x·W_k + b_k)`` (taken as the argmax of the logits: the same label wherever
+    ``exp`` does not overflow).  Users are ``f_00000``, ``f_00001``, ... as in the FedProx data.
+
+    Where the FedProx code and paper differ, the code is followed: the paper writes ``N(0, α)`` and
+    ``N(0, β)``, the code draws ``normal(0, α)`` and ``normal(0, β)``, i.e. α and β are standard deviations;
+    the paper says the sample counts follow a power law, the code draws ``int(lognormal(4, 2)) + 50``.  The
+    FedProx code never seeds numpy, so its published files cannot be regenerated; ours are seeded.
+
+    Raises:
+        ValueError: non-positive sizes, or a negative/non-finite α or β.
+    """
+    if num_tasks < 1 or num_classes < 2 or num_dim < 1:
+        raise ValueError(f"synthetic: need num_tasks >= 1, num_classes >= 2, num_dim >= 1 "
+                         f"(got {num_tasks}, {num_classes}, {num_dim})")
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+            raise ValueError(f"synthetic: {name} must be a finite number >= 0, got {v!r}")
+    rs = np.random.RandomState(seed)
+    counts = rs.lognormal(4, 2, num_tasks).astype(int) + 50
+    mean_w = rs.normal(0, alpha, num_tasks)
+    big_b = rs.normal(0, beta, num_tasks)
+    mean_x = [rs.normal(big_b[i], 1, num_dim) for i in range(num_tasks)]
+    factor = _mvn_factor(np.diag([(j + 1) ** -1.2 for j in range(num_dim)]))
+    users, user_data = [], {}
+    for i in range(num_tasks):
+        w = rs.normal(mean_w[i], 1, (num_dim, num_classes))
+        b = rs.normal(mean_w[i], 1, num_classes)
+        x = _mvn(rs, mean_x[i], factor, int(counts[i]))
+        y = np.argmax(x @ w + b, axis=1)
+        uid = f"f_{i:05d}"
+        users.append(uid)
+        user_data[uid] = {"x": x.tolist(), "y": y.tolist()}
+    return {"users": users, "num_samples": [int(c) for c in counts], "user_data": user_data}
+
+
 def _mvn_factor(cov: np.ndarray) -> np.ndarray:
     """The matrix RandomState.multivariate_normal multiplies standard normals by (its SVD method)."""
     _, s, v = np.linalg.svd(cov)
@@ -104,38 +157,92 @@ def _cache_file(cache_dir: str | os.PathLike, key: str) -> Path:
     return Path(cache_dir) / f"synthetic_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
-def load_synthetic(num_tasks: int = 1000, num_classes: int = 5, num_dim: int = 60, seed: int = 931231,
-                   sf: float = 1.0, k: int = 5, tf: float = 0.6, smplseed: int | None = None,
-                   spltseed: int | None = None, prob_clusters: Sequence[float] = (1.0,),
-                   cache_dir: str | os.PathLike | None = None) -> FederatedDataset:
+#: Named option sets (``dataset_options: {preset: NAME}``); options given explicitly win over the preset's.
+#: ``learnable``: FedProx's Synthetic(0.5, 0.5), 30 clients, 10 classes; LEAF's default data sit near their
+#: majority class in short federated runs, these reach well above it (measured numbers: data/README.md).
+PRESETS: dict[str, dict] = {"learnable": {"generator": "fedprox", "alpha": 0.5, "beta": 0.5}}
+GENERATORS = ("leaf", "fedprox")
+_DEFAULTS = {"leaf": {"num_tasks": 1000, "num_classes": 5, "tf": 0.6},      # LEAF's suggested flags
+             "fedprox": {"num_tasks": 30, "num_classes": 10, "tf": 0.9}}    # FedProx: 30 devices, 90/10 split
+
+
+def resolve_options(num_tasks: int | None = None, num_classes: int | None = None, tf: float | None = None,
+                    generator: str | None = None, alpha: float | None = None, beta: float | None = None,
+                    preset: str | None = None) -> dict:
+    """The generator-dependent options after applying ``preset`` and the generator's defaults.
+
+    Raises:
+        ValueError: unknown preset or generator, or α/β given to LEAF's generator (which has no such knobs).
+    """
+    given = dict(num_tasks=num_tasks, num_classes=num_classes, tf=tf, generator=generator, alpha=alpha, beta=beta)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"synthetic: unknown preset {preset!r}; known presets: {', '.join(PRESETS) or '(none)'}")
+        given = {k: (PRESETS[preset].get(k) if v is None else v) for k, v in given.items()}
+    gen = given["generator"] or "leaf"
+    if gen not in GENERATORS:
+        raise ValueError(f"synthetic: unknown generator {gen!r}; expected one of {', '.join(GENERATORS)}")
+    if gen == "leaf" and (given["alpha"] is not None or given["beta"] is not None):
+        raise ValueError("synthetic: alpha and beta are options of generator=fedprox (LEAF's generator has neither)")
+    out = {k: (_DEFAULTS[gen][k] if given[k] is None else given[k]) for k in ("num_tasks", "num_classes", "tf")}
+    out["generator"] = gen
+    if gen == "fedprox":
+        out["alpha"] = 1.0 if given["alpha"] is None else given["alpha"]   # FedProx's Synthetic(1, 1)
+        out["beta"] = 1.0 if given["beta"] is None else given["beta"]
+    return out
+
+
+def load_synthetic(num_tasks: int | None = None, num_classes: int | None = None, num_dim: int = 60,
+                   seed: int = 931231, sf: float = 1.0, k: int = 5, tf: float | None = None,
+                   smplseed: int | None = None, spltseed: int | None = None,
+                   prob_clusters: Sequence[float] = (1.0,), cache_dir: str | os.PathLike | None = None,
+                   generator: str | None = None, alpha: float | None = None, beta: float | None = None,
+                   preset: str | None = None) -> FederatedDataset:
     """Generate LEAF Synthetic and run LEAF's ``-s niid --sf SF -k K -t sample --tf TF`` on it.
 
     Args:
-        num_tasks, num_classes, num_dim, seed, prob_clusters: generator parameters (LEAF defaults).
-        sf, k, tf: LEAF pipeline flags (defaults = LEAF's suggested ``--sf 1.0 -k 5 --tf 0.6``).
+        num_tasks, num_classes, num_dim, seed, prob_clusters: generator parameters (None: the generator's
+            defaults, LEAF's 1000 users and 5 classes or FedProx's 30 and 10).
+        sf, k, tf: LEAF pipeline flags (defaults = LEAF's suggested ``--sf 1.0 -k 5 --tf 0.6``; FedProx's
+            ``tf = 0.9`` with ``generator="fedprox"``).
         smplseed, spltseed: pipeline seeds; None -> ``seed`` and ``seed + 1``.
         cache_dir: optional directory for a ``torch.save`` cache keyed by every argument.
+        generator: ``"leaf"`` (default, LEAF's data bit for bit) or ``"fedprox"`` (Synthetic(α, β)).
+        alpha, beta: FedProx's α (how far apart the clients' models are) and β (their inputs); default 1.
+        preset: a name from :data:`PRESETS`, filling the options above that are left unset.
 
     Returns:
         FederatedDataset: x float32 ``(N, num_dim)``, y int64, clients in LEAF's sorted (string) id order.
     """
+    opts = resolve_options(num_tasks, num_classes, tf, generator, alpha, beta, preset)
+    num_tasks, num_classes, tf = opts["num_tasks"], opts["num_classes"], opts["tf"]
+    if opts["generator"] == "fedprox" and [float(v) for v in prob_clusters] != [1.0]:
+        raise ValueError("synthetic: prob_clusters is an option of LEAF's generator, not of generator=fedprox")
     smplseed = seed if smplseed is None else int(smplseed)
     spltseed = seed + 1 if spltseed is None else int(spltseed)
     args = dict(num_tasks=num_tasks, num_classes=num_classes, num_dim=num_dim, seed=seed,
                 prob_clusters=[float(v) for v in prob_clusters])
+    if opts["generator"] == "fedprox":  # LEAF's keys (and cache files) stay as they were
+        args = dict(num_tasks=num_tasks, num_classes=num_classes, num_dim=num_dim, seed=seed,
+                    generator="fedprox", alpha=float(opts["alpha"]), beta=float(opts["beta"]))
     flags = dict(sf=sf, k=k, tf=tf, smplseed=smplseed, spltseed=spltseed)
     key = repr(sorted({**args, **flags}.items()))
     if cache_dir is not None and _cache_file(cache_dir, key).is_file():
         return FederatedDataset(**torch.load(_cache_file(cache_dir, key), weights_only=False))
 
-    raw = generate_synthetic(**args)
+    if opts["generator"] == "fedprox":
+        raw = generate_fedprox_synthetic(**{k: v for k, v in args.items() if k != "generator"})
+    else:
+        raw = generate_synthetic(**args)
     trains, tests, meta = run_pipeline([raw], "niid", sf=sf, k=k, split="sample", tf=tf,
                                        smplseed=smplseed, spltseed=spltseed)
     train, test = trains[0], tests[0]
     order = sorted(train["users"])  # LEAF's model-side reader sorts user ids
     train = {"users": order, "user_data": train["user_data"]}
     test = {"users": order, "user_data": test["user_data"]}
-    info = {"source": "LEAF synthetic generator (re-implemented, seeded RandomState)", "generator": args,
+    source = ("FedProx Synthetic(alpha, beta) generator (Li et al. 2020, re-implemented, seeded RandomState)"
+              if opts["generator"] == "fedprox" else "LEAF synthetic generator (re-implemented, seeded RandomState)")
+    info = {"source": source, "generator": args,
             "leaf_flags": meta, "all_data_users": num_tasks, "all_data_samples": sum(raw["num_samples"])}
 
     def x_fn(xs: list) -> torch.Tensor:
