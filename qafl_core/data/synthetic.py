@@ -114,7 +114,8 @@ def load_synthetic(num_tasks: int = 1000, num_classes: int = 5, num_dim: int = 6
         num_tasks, num_classes, num_dim, seed, prob_clusters: generator parameters (LEAF defaults).
         sf, k, tf: LEAF pipeline flags (defaults = LEAF's suggested ``--sf 1.0 -k 5 --tf 0.6``).
         smplseed, spltseed: pipeline seeds; None -> ``seed`` and ``seed + 1``.
-        cache_dir: optional directory for a ``torch.save`` cache keyed by every argument.
+        cache_dir: optional directory for a cache keyed by every argument and the code fingerprint
+            (tensors and plain containers, loaded with pickle disabled).
 
     Returns:
         FederatedDataset: x float32 ``(N, num_dim)``, y int64, clients in LEAF's sorted (string) id order.
@@ -125,8 +126,10 @@ def load_synthetic(num_tasks: int = 1000, num_classes: int = 5, num_dim: int = 6
                 prob_clusters=[float(v) for v in prob_clusters])
     flags = dict(sf=sf, k=k, tf=tf, smplseed=smplseed, spltseed=spltseed)
     key = repr(sorted({**args, **flags}.items()))
-    if cache_dir is not None and _cache_file(cache_dir, key).is_file():
-        return FederatedDataset(**torch.load(_cache_file(cache_dir, key), weights_only=False))
+    if cache_dir is not None:
+        cached = _read_cache(_cache_file(cache_dir, key), key)
+        if cached is not None:
+            return cached
 
     raw = generate_synthetic(**args)
     trains, tests, meta = run_pipeline([raw], "niid", sf=sf, k=k, split="sample", tf=tf,
@@ -146,6 +149,34 @@ def load_synthetic(num_tasks: int = 1000, num_classes: int = 5, num_dim: int = 6
 
     ds = leaf_to_federated(train, test, "synthetic", x_fn, y_fn, num_classes, info)
     if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        torch.save(ds.__dict__, _cache_file(cache_dir, key))
+        from qafl_core import store
+        from qafl_core.fingerprint import code_fingerprint
+
+        store.atomic_save_tensors(_cache_file(cache_dir, key),
+                                  {"key": key, "code": code_fingerprint(), "dataset": dict(ds.__dict__)})
     return ds
+
+
+def _read_cache(path: Path, key: str) -> FederatedDataset | None:
+    """The cached dataset at ``path`` if it was written for ``key`` by this code, else None (regenerated).
+
+    The file holds tensors and plain containers only and is read with pickle disabled; a file that would
+    import anything when loaded is refused (ValueError naming it), and nothing in it runs."""
+    from qafl_core import store
+    from qafl_core.fingerprint import code_fingerprint
+
+    if not path.is_file():
+        return None
+    try:
+        obj = store.load_tensors(path, "Synthetic cache file")
+    except ValueError as exc:
+        if ": refused:" in str(exc):
+            raise
+        return None  # unreadable (e.g. a copy cut short): generated again and replaced
+    if not (isinstance(obj, dict) and obj.get("key") == key and obj.get("code") == code_fingerprint()
+            and isinstance(obj.get("dataset"), dict)):
+        return None  # another version's or another key's file: generated again and replaced
+    try:
+        return FederatedDataset(**obj["dataset"])
+    except (TypeError, ValueError):
+        return None
