@@ -5,9 +5,10 @@
   name, classes, client ids and every train/test tensor (dtype, shape, bytes).
 * :func:`dataset_fingerprint` — the data fingerprint of the dataset a config trains on *as the run uses it*
   (after ``num_clients`` subsetting and pooling in :func:`qafl_core.runner.build_dataset`), cached in this
-  process and on disk under ``$QAFL_CACHE_DIR/fingerprints/``.  The disk key covers the config, the resolved
-  data root and the (path, size, mtime_ns, ctime_ns) of every file under it, and the code fingerprint, so
-  a changed, added or removed data file, or changed loader code, is a new key: a stale entry is never served.
+  process and on disk under ``$QAFL_CACHE_DIR/fingerprints/``.  The key covers the config keys the dataset
+  is built from (:data:`DATA_KEYS`, the only ones ``build_dataset`` can see), the resolved data root and the
+  (path, size, mtime_ns, ctime_ns) of every file under it, and the code fingerprint, so a changed, added or
+  removed data file, or changed loader code, is a new key: a stale entry is never served.
 * :func:`run_identity` — sha256 of (config hash, data fingerprint, code fingerprint): the key of the run
   cache and of checkpoints.  Two data roots holding the same bytes share results; different bytes never do.
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: the config keys a run's dataset is built from (``runner.build_dataset`` sees only these, :func:`data_view`)
+DATA_KEYS = ("dataset", "data_root", "dataset_options", "num_clients")
 _PKG_DIR = Path(__file__).resolve().parent
 _CODE_FP: str | None = None
 _MEMO: dict[str, str] = {}
@@ -80,7 +83,7 @@ def dataset_fingerprint(cfg) -> str:
     its fingerprint is a constant."""
     if cfg.dataset == "quadratic":
         return hashlib.sha256(b"quadratic: generated from the run config").hexdigest()
-    material = json.dumps(source_key(cfg), sort_keys=True)
+    material = json.dumps(source_key(cfg), sort_keys=True, default=str)
     key = hashlib.sha256(material.encode()).hexdigest()
     if key in _MEMO:
         return _MEMO[key]
@@ -94,10 +97,23 @@ def dataset_fingerprint(cfg) -> str:
     return fp
 
 
+class DataView:
+    """The :data:`DATA_KEYS` of a config as attributes; reading any other key raises AttributeError."""
+
+    def __init__(self, cfg):
+        for k in DATA_KEYS:
+            setattr(self, k, getattr(cfg, k))
+
+
+def data_view(cfg) -> DataView:
+    return cfg if isinstance(cfg, DataView) else DataView(cfg)
+
+
 def source_key(cfg) -> dict[str, Any]:
-    """What the dataset of ``cfg`` is built from: the config (its hash), :func:`data_sources` and the code."""
-    return {"config_hash": cfg.config_hash(), "dataset": cfg.dataset,
-            **data_sources(cfg.dataset, cfg.data_root, cfg.dataset_options), "code": code_fingerprint()}
+    """What the dataset of ``cfg`` is built from: its :data:`DATA_KEYS`, :func:`data_sources` and the code."""
+    keys = {k: getattr(cfg, k) for k in DATA_KEYS if k != "data_root"}
+    keys["dataset_options"] = dict(keys["dataset_options"])
+    return {"keys": keys, **data_sources(cfg.dataset, cfg.data_root, cfg.dataset_options), "code": code_fingerprint()}
 
 
 def data_sources(dataset: str, data_root: str | None, options: Any = None) -> dict[str, Any]:

@@ -66,7 +66,12 @@ def build_dataset(cfg: RunConfig):
     Two options are handled here rather than by the loaders: ``subset_seed`` (which clients a smaller
     ``num_clients`` keeps; default 0, independent of the run seed) and ``pool: true``, which merges the
     (selected) clients into one node holding all their data — the paper's single-node "Baseline".
+
+    Only the config keys in :data:`qafl_core.fingerprint.DATA_KEYS` are visible here (any other raises
+    AttributeError): the data fingerprint is cached under those keys, so a new key that changes the data
+    must be added there.
     """
+    cfg = fingerprint.data_view(cfg)
     opts = dict(cfg.dataset_options)
     subset_seed = int(opts.pop("subset_seed", 0))
     pool = opts.pop("pool", False)
@@ -197,8 +202,8 @@ def run(config: RunConfig | Mapping[str, Any], out_dir: str | os.PathLike | None
         return _execute(cfg, sim, None, None, None, every)
     ident = fingerprint.run_identity(cfg)
     ckpt = out / CHECKPOINT
-    state = _load_checkpoint(ckpt, cfg, ident) if resume else None
     seen = _stat(ckpt) if resume else None
+    state = _load_checkpoint(ckpt, cfg, ident) if resume else None
     with store.DirLock(out).acquire(wait=0):
         if resume and _stat(ckpt) != seen:  # replaced between our read and the lock: read it again
             state = _load_checkpoint(ckpt, cfg, ident)

@@ -217,6 +217,22 @@ def test_planted_synthetic_cache_file_is_refused(tmp_path, capsys):
     assert fingerprint.data_fingerprint(load_synthetic(num_tasks=10, cache_dir=cache)) == fingerprint.data_fingerprint(ds)
 
 
+def test_array_pickles_admit_numpy_arrays_only(tmp_path):
+    """CIFAR-10's python batches are pickles: read by an unpickler that admits numpy arrays and nothing else."""
+    import io
+    import pickle
+
+    import numpy as np
+
+    batch = {b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"labels": [1, np.int64(2)]}
+    got = store.load_array_pickle(io.BytesIO(pickle.dumps(batch, protocol=2)))
+    assert np.array_equal(got[b"data"], batch[b"data"]) and got[b"labels"] == [1, 2]
+    marker = tmp_path / "marker"
+    with pytest.raises(pickle.UnpicklingError, match="refused to import posix.system"):
+        store.load_array_pickle(io.BytesIO(pickle.dumps({b"data": Payload(marker)})))
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("algorithm", ["quafl", "fedavg", "fedbuff"])
 @pytest.mark.parametrize("dataset", ["quadratic", "synthetic"])
 def test_simulation_state_is_plain_data(algorithm, dataset):
