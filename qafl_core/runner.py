@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -51,7 +52,8 @@ def _load_dataset_cached(name: str, root: str | None, options_json: str):
     files: changed files are loaded again, so a run never trains on data other than what it is filed under."""
     from qafl_core.data.registry import load_dataset
 
-    key = (name, root, options_json, json.dumps(fingerprint.data_sources(name, root, json.loads(options_json))))
+    sources = json.dumps(fingerprint.data_sources(name, root, json.loads(options_json)), sort_keys=True)
+    key = (name, root, options_json, hashlib.sha256(sources.encode()).hexdigest())
     if key not in _LOADED:
         _LOADED[key] = load_dataset(name, root=root, **json.loads(options_json))
         while len(_LOADED) > 8:
