@@ -12,9 +12,8 @@ lock): ``config.json`` (after validation), ``results.csv`` and, last, its comple
 With ``checkpoint_every`` it also keeps ``checkpoint.pt``: the whole simulation state — models, clocks,
 every generator state and the results so far, as tensors and plain containers — and the run identity
 (:mod:`qafl_core.fingerprint`), so that ``resume=True`` continues bit for bit, and only the same run.
-:func:`load_or_run` serves verified results from the run cache, keyed by the run identity.
 
-The run cache itself (:func:`load_or_run`) is in :mod:`qafl_core.cache`.  This module is longer than
+The run cache (:func:`load_or_run`: verified results keyed by the run identity) is in :mod:`qafl_core.cache`.  This module is longer than
 most (~380 lines) because the loop, its checkpoints and its interruption handling belong together.
 """
 from __future__ import annotations
