@@ -1,8 +1,9 @@
 """Run many independent simulations: sequentially here, or as Ray tasks on a local or remote cluster.
 
 Paper reproductions are grids of independent runs (configs x seeds).  Every run goes through
-:func:`qafl_core.runner.load_or_run`, so results are cached by config hash and a rerun after a crash
-only computes what is missing.  A run's results depend only on its config (one root seed drives every
+:func:`qafl_core.runner.load_or_run`, so results are cached by run identity (config, data and code
+fingerprints), verified on every read and locked while computed (two sweeps sharing a cache compute each
+run once), and a rerun after a crash only computes what is missing.  A run's results depend only on its config (one root seed drives every
 random stream, :mod:`qafl_core.rng`; no global RNG state), so the Ray backend returns exactly what the
 local backend returns — ``tests/test_backend.py`` checks it.
 
@@ -47,14 +48,15 @@ def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], backend: str = "l
         address: Ray cluster address (``"auto"``: the cluster ``ray start`` runs on this machine,
             ``"host:6379"``, ``"ray://host:10001"``); None starts a new local Ray instance with
             ``os.cpu_count()`` CPUs.  An already initialised Ray (``ray.init`` called by the caller) is reused.
-        cache_dir: results cache (one directory per config hash); None -> ``$QAFL_CACHE_DIR/runs`` or
+        cache_dir: results cache (one directory per run identity); None -> ``$QAFL_CACHE_DIR/runs`` or
             ``~/.cache/qafl/runs``.  On a multi-node cluster, point it at a shared filesystem to share the cache.
         max_parallel: at most this many Ray tasks in flight (None: let Ray schedule all of them).
         on_result: called as ``on_result(index, table)`` as each run finishes (progress reporting).
 
     Returns:
-        One long-format results table per config (:data:`qafl_core.runner.COLUMNS`); failed runs get a
-        one-row ``failed`` table carrying ``attrs["error"]``.
+        One long-format results table per config (:data:`qafl_core.runner.COLUMNS`) carrying
+        ``attrs["provenance"]`` (see :func:`qafl_core.runner.load_or_run`); failed runs get a one-row
+        ``failed`` table carrying ``attrs["error"]``.
 
     Raises:
         ValueError: unknown backend, invalid config, or ``max_parallel < 1``.

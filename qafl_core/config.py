@@ -3,8 +3,10 @@
 Names follow the issue tracker's contract (``clients_per_round``, ``local_steps``, ...), so that
 ``qafl run --set clients_per_round=10`` and YAML files use the same keys.  Validation happens in
 ``__post_init__`` and every message names the offending field.  ``config_hash`` identifies a run's
-*results* (the cache key for notebooks and the checkpoint check); fields that cannot change results
-(output paths, progress bars, checkpoint cadence) are excluded from it.
+*configuration*: it hashes the keys that can change results and differ from their defaults, so that a new
+key added with a default keeps every existing hash.  Keys that cannot change results (progress bars,
+checkpoint cadence, thread counts) are left out, and so is ``data_root``: the data a run reads is covered by
+its data fingerprint, part of the run identity (:mod:`qafl_core.fingerprint`).
 
 Defaults follow the best readings of docs/choices.md#hyper-parameters: K = 5, base ``sit`` = 10 scaled by b/32, ``swt`` = 0,
 lattice spacing 1e-4, 30 % slow clients with exponential step times of mean 2 (fast) and 8 (slow),
@@ -15,6 +17,7 @@ Longer than 250 lines on purpose: every key, its default and its validation stay
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -34,7 +37,7 @@ FEDASYNC_STALENESS = ("constant", "poly", "hinge")
 QAFEL_VARIANTS = ("qafel", "naive")
 QAFEL_ORDERS = ("step_then_dispatch", "dispatch_then_step")
 
-# keys that never change the results of a run (excluded from the hash)
+# keys that never change the results of a run (excluded from the hash); data_root is covered by the data fingerprint
 _NON_RESULT_KEYS = ("progress", "checkpoint_every", "data_root", "eval_workers", "num_threads")
 
 
@@ -258,8 +261,24 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
     def config_hash(self) -> str:
-        d = {k: v for k, v in self.to_dict().items() if k not in _NON_RESULT_KEYS}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """16 hex digits of sha256 over the canonical JSON (sorted keys, no spaces) of the result-affecting
+        keys whose values differ from the :class:`RunConfig` defaults (ints given for float keys count as
+        floats, so ``lr=1`` and ``lr=1.0`` are one config)."""
+        defaults = _defaults()
+        d = {}
+        for k, v in self.to_dict().items():
+            if k in _NON_RESULT_KEYS or v == defaults[k]:
+                continue
+            if isinstance(v, int) and not isinstance(v, bool) and isinstance(defaults[k], float):
+                v = float(v)
+            d[k] = v
+        text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    return RunConfig().to_dict()
 
 
 # ---------------------------------------------------------------------- helpers

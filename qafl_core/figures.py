@@ -169,13 +169,27 @@ def variants(base: Mapping[str, Any], grid: Mapping[str, Mapping[str, Any]], see
     return runs
 
 
+#: config hash -> provenance of the run last loaded for it in this process (``df.attrs["provenance"]``,
+#: see :func:`qafl_core.runner.load_or_run`); :func:`write_metrics` records it in the manifest.
+PROVENANCE: dict[str, dict[str, Any]] = {}
+
+
 def run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None = None) -> list[pd.DataFrame]:
     """Results of every config, from the cache where possible.
 
     With ``QAFL_BACKEND`` set (``qafl reproduce --backend ray``) the grid goes to
     ``qafl_core.backend.run_many`` (``QAFL_RAY_ADDRESS`` = the cluster); otherwise runs are done here,
-    one after another, each cached by its config hash so re-plotting never re-trains.
+    one after another, each cached by its run identity so re-plotting never re-trains.  Either way the
+    provenance of each run (commit, code fingerprint, cached or not) is kept for :func:`write_metrics`.
     """
+    frames = _run_grid(configs, cache_dir)
+    for cfg, df in zip(configs, frames):
+        if "provenance" in df.attrs:
+            PROVENANCE[cfg.config_hash()] = dict(df.attrs["provenance"])
+    return frames
+
+
+def _run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None) -> list[pd.DataFrame]:
     threads = os.environ.get("QAFL_NUM_THREADS")
     if threads:
         import torch
@@ -333,7 +347,13 @@ def model_labels(runs: Sequence[Run]) -> dict[str, str]:
 def write_metrics(output_dir: str | os.PathLike, figure: str, headline: Mapping[str, Any],
                   datasets: Sequence[DatasetChoice], runs: Sequence[Run | RunConfig], parameters: Mapping[str, Any],
                   profile: str = "interactive", files: Sequence[str | os.PathLike] = ()):
-    """``<figure>.metrics.json`` + manifest entry; see :func:`qafl_core.manifest.write_metrics`."""
+    """``<figure>.metrics.json`` + manifest entry; see :func:`qafl_core.manifest.write_metrics`.
+
+    Each run is listed with the provenance :func:`run_grid` recorded for it in this process; a run not
+    loaded here is listed by its config hash with ``cached: null`` and no commit."""
     from qafl_core.manifest import write_metrics as _write
 
-    return _write(output_dir, figure, headline, datasets, config_hashes(runs), parameters, profile, files)
+    hashes = config_hashes(runs)
+    prov = [PROVENANCE.get(h, {"config_hash": h, "identity": None, "git_commit": None, "code_fingerprint": None,
+                               "data_fingerprint": None, "cached": None}) for h in hashes]
+    return _write(output_dir, figure, headline, datasets, hashes, parameters, profile, files, runs=prov)

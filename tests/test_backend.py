@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 
 from qafl_core.backend import failures, run_many, run_status
+from qafl_core.cache import cache_entry
 from qafl_core.cli import main
+from qafl_core.config import RunConfig
+from qafl_core.fingerprint import run_identity
 from qafl_core.runner import run
 
 QUAD = dict(dataset="quadratic", num_clients=8, clients_per_round=3, sit=1.0, time_limit=40.0, eval_every=10.0,
@@ -109,9 +112,12 @@ def test_ray_runs_equal_local_runs(ray_local, tmp_path):
     remote = run_many(configs, backend="ray", cache_dir=tmp_path / "ray")  # separate caches: really recomputed
     _same(local, remote)
     assert len(list((tmp_path / "ray").glob("*/results.csv"))) == len(configs)
-    for a, b in zip(local, remote):
-        assert (tmp_path / "local" / a.config_hash.iloc[0] / "results.csv").read_bytes() == \
-            (tmp_path / "ray" / b.config_hash.iloc[0] / "results.csv").read_bytes()
+    for cfg, a, b in zip(configs, local, remote):
+        ident = run_identity(RunConfig.from_dict(cfg))
+        assert a.attrs["provenance"] == b.attrs["provenance"]      # survives the trip back from the Ray worker
+        assert a.attrs["provenance"]["identity"] == ident.identity and not a.attrs["provenance"]["cached"]
+        assert (cache_entry(ident, tmp_path / "local") / "results.csv").read_bytes() == \
+            (cache_entry(ident, tmp_path / "ray") / "results.csv").read_bytes()
     throttled = run_many(configs[:3], backend="ray", cache_dir=tmp_path / "ray1", max_parallel=1)
     _same(local[:3], throttled)
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from qafl_core import figures, manifest, reproduce, theory_grids
+from qafl_core.cache import cache_entry
 from qafl_core.cli import main as qafl_main
+from qafl_core.fingerprint import run_identity
 
 
 # ---------------------------------------------------------------------- figures: data choice and grids
@@ -100,7 +102,7 @@ def test_run_grid_uses_the_cache_and_the_backend_hook(tmp_path, monkeypatch):
     base = theory_grids.theory_base(4, 2, 2, 5, 1.0, 1.0, round_time=1.0, time_limit=5.0, lr=0.1)
     runs = figures.variants(base, {"a": {}}, seeds=[0])
     first = figures.run_variants(runs, cache_dir=tmp_path)
-    assert (tmp_path / runs[0].config.config_hash() / "results.csv").is_file()
+    assert (cache_entry(run_identity(runs[0].config), tmp_path) / "results.csv").is_file()
     again = figures.run_variants(runs, cache_dir=tmp_path)
     assert np.allclose(first["value"], again["value"]) and set(again["label"]) == {"a"}
     monkeypatch.setenv("QAFL_BACKEND", "nonexistent")

@@ -28,6 +28,7 @@ import torch
 
 from qafl_core.data.federated import FederatedDataset
 from qafl_core.rng import numpy_generator
+from qafl_core.store import load_array_pickle
 
 VISION = ("mnist", "fmnist", "cifar10")
 _IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -87,7 +88,7 @@ def _load_cifar(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 raise FileNotFoundError(f"cifar10: missing {f}; put the {_WHERE['cifar10']} in {root} or pass --root DIR")
             try:
                 with open(f, "rb") as fh:
-                    batch = pickle.load(fh, encoding="bytes")  # the official format is a pickle (trusted local file)
+                    batch = load_array_pickle(fh)  # the official format is a pickle: numpy arrays only, no other imports
                 x = np.asarray(batch[b"data"], dtype=np.uint8)
                 y = np.asarray(batch[b"labels"], dtype=np.int64)
             except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
