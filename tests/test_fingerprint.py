@@ -132,3 +132,18 @@ def test_identity_changes_with_code_and_config(monkeypatch):
     assert fingerprint.run_identity(cfg.replace(lr=0.02)).identity != base.identity
     monkeypatch.setattr(fingerprint, "_CODE_FP", "0" * 64)
     assert fingerprint.run_identity(cfg).identity != base.identity
+
+
+def test_editing_the_timing_trace_file_changes_the_identity(tmp_path):
+    trace = tmp_path / "trace.csv"
+    cfg = RunConfig(dataset="quadratic", num_clients=2, clients_per_round=1, timing="trace", timing_trace=str(trace))
+    trace.write_text("client,mean_step_time\n0,1.0\n1,2.0\n")
+    first = fingerprint.run_identity(cfg)
+    trace.write_text("client,mean_step_time\n0,1.0\n1,9.0\n")
+    second = fingerprint.run_identity(cfg)
+    assert first.config_hash == second.config_hash           # the path did not change ...
+    assert first.identity != second.identity                   # ... its content did
+    plain = RunConfig(dataset="quadratic", num_clients=2, clients_per_round=1)
+    ident = fingerprint.run_identity(plain)                    # no input file: identity of three parts
+    assert ident.identity == hashlib.sha256(json.dumps(
+        [ident.config_hash, ident.data_fingerprint, ident.code_fingerprint]).encode()).hexdigest()
