@@ -13,7 +13,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
@@ -45,7 +45,7 @@ def _cache_wait() -> float | None:
 
 
 def load_or_run(config: RunConfig | Mapping[str, Any], cache_dir: str | os.PathLike | None = None,
-                **overrides: Any) -> pd.DataFrame:
+                archive: Iterable[str | os.PathLike] | None = None, **overrides: Any) -> pd.DataFrame:
     """Results of ``config`` from the run cache, running it only when no verified entry is there.
 
     The entry is keyed by the run identity (config hash, data fingerprint, code fingerprint) and checked
@@ -55,6 +55,10 @@ def load_or_run(config: RunConfig | Mapping[str, Any], cache_dir: str | os.PathL
     refuses after ``$QAFL_CACHE_WAIT`` seconds.  With ``checkpoint_every`` set, an interrupted run left in
     the cache continues from its checkpoint (a checkpoint that is corrupt or of another run is replaced,
     one that would run code is refused); the checkpoint of a finished run is deleted.
+
+    With ``archive`` (folders of the results archive, e.g. ``results/paper``), a run missing from the cache is
+    served from the archive when an archived run has the same config hash and data fingerprint
+    (:func:`qafl_core.archive.lookup`; its code may differ, which its provenance says) before anything is computed.
 
     Returns:
         The results table, with ``df.attrs["provenance"]``: identity, config_hash, data_fingerprint,
@@ -69,6 +73,12 @@ def load_or_run(config: RunConfig | Mapping[str, Any], cache_dir: str | os.PathL
         found = store.read_entry(entry, ident.identity)
         if found is not None:
             return _with_provenance(*found, ident, cached=True)
+    if archive is not None:
+        from qafl_core import archive as _archive
+
+        found = _archive.lookup(cfg, roots=archive)
+        if found is not None:
+            return found
     waited: list[str] = []
 
     def waiting(holder: str) -> None:
