@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -29,6 +30,12 @@ OPTIMIZERS = ("sgd",)
 
 # keys that never change the results of a run (excluded from the hash)
 _NON_RESULT_KEYS = ("progress", "checkpoint_every", "data_root", "eval_workers", "num_threads")
+
+#: Every integer key must fit a signed 64-bit integer (results tables, torch sizes and seeds are int64).
+INT64_MAX = 2 ** 63 - 1
+#: A run may evaluate (``time_limit / eval_every``) and checkpoint (``time_limit / checkpoint_every``) at most
+#: this many times: a smaller interval cannot finish in practice (and a tiny one stops advancing in float arithmetic).
+MAX_INTERVALS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -132,12 +139,24 @@ class RunConfig:
             _check_int("num_threads", self.num_threads, lo=1)
         if self.checkpoint_every is not None:
             _check_float("checkpoint_every", self.checkpoint_every, positive=True)
+        self._check_can_finish()
         if not isinstance(self.dataset_options, Mapping):
             raise ValueError(f"dataset_options: expected a mapping, got {type(self.dataset_options).__name__}")
         for name in ("lr_decay", "scale_sit_by_bits", "server_averaging", "client_averaging", "client_lr_scaling",
                      "speed_lr_correction", "fedbuff_client_lr_s_over_n", "progress", "batched_clients"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true/false, got {getattr(self, name)!r}")
+
+    def _check_can_finish(self) -> None:
+        """Refuse configs whose simulated clock can never reach ``time_limit`` in a bounded number of steps."""
+        if (self.algorithm == "quafl" and self.sit == 0 and self.swt == 0 and self.max_server_steps is None):
+            raise ValueError("sit, swt: QuAFL with sit = swt = 0 never advances its clock (a round takes sit + swt); "
+                             "set sit or swt > 0, or bound the run with max_server_steps")
+        for name in ("eval_every", "checkpoint_every"):
+            every = getattr(self, name)
+            if every is not None and self.time_limit / every > MAX_INTERVALS:
+                raise ValueError(f"{name}: {every} gives {self.time_limit / every:.3g} intervals over time_limit = "
+                                 f"{self.time_limit}; at most {MAX_INTERVALS:,} are allowed (raise {name})")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -186,6 +205,8 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if abs(value) > INT64_MAX:
+        raise ValueError(f"{name}: {value} does not fit a 64-bit integer (at most {INT64_MAX})")
     if lo is not None and value < lo:
         raise ValueError(f"{name}: must be >= {lo}, got {value}")
     if hi is not None and value > hi:
@@ -227,13 +248,28 @@ def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
         if t.startswith("Mapping"):
             import yaml
 
-            parsed = yaml.safe_load(value)
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{source}: {name}: not valid YAML ({yaml_problem(exc)}): {value!r}") from None
+            except RecursionError:
+                raise ValueError(f"{source}: {name}: nested too deeply") from None
             if not isinstance(parsed, dict):
                 raise ValueError(f"{source}: {name}: expected a mapping like {{key: value}}, got {value!r}")
             return parsed
     if t.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{source}: {name}: {value} is too large for a number") from None
     return value
+
+
+def yaml_problem(exc: Exception) -> str:
+    """One line for a YAML error (PyYAML's own message spans several lines, with an excerpt)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def parse_set_options(items: list[str] | None) -> dict[str, str]:
@@ -245,3 +281,53 @@ def parse_set_options(items: list[str] | None) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v
     return out
+
+
+# ---------------------------------------------------------------------- memory
+def memory_limit() -> int:
+    """Bytes a run may use: ``$QAFL_MEMORY_LIMIT_GB`` if set, else the machine's (or its cgroup's) memory."""
+    env = os.environ.get("QAFL_MEMORY_LIMIT_GB")
+    if env:
+        try:
+            return int(float(env) * 1e9)
+        except ValueError:
+            raise ValueError(f"QAFL_MEMORY_LIMIT_GB: expected a number of gigabytes, got {env!r}") from None
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:  # a container's cgroup v2 limit, when it is lower than the machine's memory
+        text = open("/sys/fs/cgroup/memory.max").read().strip()
+        if text.isdigit():
+            total = min(total, int(text))
+    except OSError:
+        pass
+    return total
+
+
+def memory_estimate(cfg: RunConfig, num_clients: int, dim: int) -> tuple[int, str]:
+    """Bytes a run of ``num_clients`` clients on a ``dim``-coordinate model allocates for its models, and how.
+
+    Counts float32 vectors: the clients' models that QuAFL and FedBuff keep (and FedAvg when its quantizer
+    decodes against the client's vector), QuAFL's decoding bases with ``client_decode_key=base``, the
+    server, the round's work rows and one message's encode/decode buffers (16 bytes per coordinate); for
+    the quadratic problem also its n centres (12 bytes per coordinate while they are built).  The data set
+    itself is not counted (it is already loaded when this is checked).
+    """
+    n, d, s = int(num_clients), int(dim), int(cfg.clients_per_round)
+    keeps_clients = cfg.algorithm in ("quafl", "fedbuff") or cfg.quantizer in ("lattice", "dithered_lattice")
+    copies = (1 if keeps_clients else 0) + (1 if cfg.algorithm == "quafl" and cfg.client_decode_key == "base" else 0)
+    vectors = copies * n + s + 4
+    total = 4 * d * vectors + 16 * d
+    how = f"{vectors:,} float32 vectors of {d:,} coordinates"
+    if cfg.dataset == "quadratic":
+        total += 12 * n * d
+        how += f" + {n:,} quadratic centres"
+    return total, how
+
+
+def check_memory(cfg: RunConfig, num_clients: int, dim: int) -> None:
+    """ValueError, before anything is allocated, when :func:`memory_estimate` exceeds :func:`memory_limit`."""
+    need, how = memory_estimate(cfg, num_clients, dim)
+    have = memory_limit()
+    if need > have:
+        raise ValueError(f"num_clients, model size: this run needs about {need / 1e9:,.3g} GB ({how}; n = "
+                         f"{num_clients:,}, d = {dim:,}) but {have / 1e9:,.3g} GB are available "
+                         f"(QAFL_MEMORY_LIMIT_GB to change the limit); lower num_clients or the model size")

@@ -31,6 +31,43 @@ from qafl_core.data.federated import FederatedDataset
 
 LeafObj = dict[str, Any]
 _SUFFIXES = (".json", ".json.gz")
+#: Largest LEAF file (after decompression) read, in bytes: 1 GiB, or ``$QAFL_MAX_JSON_BYTES``.  LEAF's own
+#: files are far smaller (a FEMNIST ``all_data_<i>.json`` of 100 writers is about 200 MB); a larger one,
+#: e.g. a gzip bomb, is refused before it fills the memory.
+MAX_JSON_BYTES = 2 ** 30
+
+
+def max_json_bytes() -> int:
+    env = os.environ.get("QAFL_MAX_JSON_BYTES")
+    if not env:
+        return MAX_JSON_BYTES
+    try:
+        return int(env)
+    except ValueError:
+        raise ValueError(f"QAFL_MAX_JSON_BYTES: expected a number of bytes, got {env!r}") from None
+
+
+def read_bytes_bounded(path: str | os.PathLike, limit: int | None = None,
+                       hint: str = "a LEAF file is far smaller; set QAFL_MAX_JSON_BYTES to raise the limit") -> bytes:
+    """The bytes of ``path`` (gunzipped when its name ends in ``.gz``), refusing more than ``limit`` bytes.
+
+    Decompression stops as soon as the limit is passed, so a gzip bomb never fills the memory.
+
+    Raises:
+        ValueError: larger than the limit (the message names the file and the limit), or a corrupt gzip.
+    """
+    p = Path(path)
+    limit = max_json_bytes() if limit is None else int(limit)
+    opener = gzip.open if p.name.endswith(".gz") else open
+    try:
+        with opener(p, "rb") as fh:
+            data = fh.read(limit + 1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ValueError(f"{p}: cannot read (corrupt or truncated gzip?): {exc}") from None
+    if len(data) > limit:
+        raise ValueError(f"{p}: more than {limit:,} bytes{' after decompression' if opener is gzip.open else ''}; "
+                         f"refused ({hint})")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -78,18 +115,16 @@ def read_leaf_file(path: str | os.PathLike) -> LeafObj:
     if not p.is_file():
         raise FileNotFoundError(f"LEAF file not found: {p}")
     try:
-        if p.name.endswith(".gz"):
-            with gzip.open(p, "rt", encoding="utf-8") as fh:
-                text = fh.read()
-        else:
-            text = p.read_text(encoding="utf-8")
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # BadGzipFile is an OSError
-        raise ValueError(f"{p}: cannot read (corrupt or truncated gzip/text?): {exc}") from None
+        text = read_bytes_bounded(p).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: cannot read (not UTF-8 text at byte {exc.start}; corrupt file?)") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{p}: invalid JSON (truncated or corrupt?): {exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}") from None
+    except RecursionError:
+        raise ValueError(f"{p}: not a LEAF file (JSON nested too deeply)") from None
     return _validate(obj, str(p))
 
 
@@ -129,6 +164,7 @@ def read_leaf_dir(directory: str | os.PathLike) -> LeafObj:
         if with_h:
             out["hierarchies"] += o["hierarchies"]
     out["source_files"] = [str(f) for f in files]
+    out["user_files"] = {u: str(d / name) for u, name in owner.items()}
     return out
 
 
@@ -142,8 +178,9 @@ def _sorted_recounted(obj: LeafObj) -> tuple[LeafObj, int]:
     if hier is not None:
         out["hierarchies"] = [hier[u] for u in users]
     out["num_samples_mismatch"] = sum(listed[u] != c for u, c in zip(users, counts))
-    if "source_files" in obj:
-        out["source_files"] = obj["source_files"]
+    for key in ("source_files", "user_files"):
+        if key in obj:
+            out[key] = obj[key]
     return out, out["num_samples_mismatch"]
 
 
@@ -376,11 +413,31 @@ def leaf_to_federated(train: LeafObj, test: LeafObj, name: str, x_fn: Callable[[
     for u in users:
         for obj, acc, side in ((train, tr, "train"), (test, te, "test")):
             d = obj["user_data"][u]
+            where = f"{obj['user_files'][u]}: {name}" if u in obj.get("user_files", {}) else name
             try:
-                acc.append((x_fn(d["x"]), y_fn(d["y"])))
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise ValueError(f"{name}: cannot convert {side} data of user '{u}': {exc}") from None
+                _check_labels(d["y"])
+                x, y = x_fn(d["x"]), y_fn(d["y"])
+                _check_values(x, y, num_classes)
+            except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+                raise ValueError(f"{where}: cannot convert {side} data of user '{u}': {exc}") from None
+            acc.append((x, y))
     meta = dict(info or {})
     meta.setdefault("num_samples_mismatch", {"train": train.get("num_samples_mismatch", 0),
                                              "test": test.get("num_samples_mismatch", 0)})
     return FederatedDataset.from_clients(name, users, tr, te, num_classes, train.get("hierarchies"), meta)
+
+
+def _check_labels(ys: list) -> None:
+    """Numeric labels must be integers (a float label would be truncated silently); strings are mapped later."""
+    for v in ys:
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError(f"labels must be integers, got {v!r}")
+
+
+def _check_values(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+    """Inputs finite, labels in ``0..num_classes-1`` (NaN/inf in data is a data error, never a diverged run)."""
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"inputs hold {bad} NaN or infinite value(s)")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got range {int(y.min())}..{int(y.max())}")
