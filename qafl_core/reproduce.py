@@ -265,16 +265,15 @@ def reproduce(args: argparse.Namespace) -> int:
         output_dir = repo_root / "figures" / outputs.profile_folder(args.profile, bool(fallbacks))
     for n in names:
         profiles[n] = {**profiles[n], "profile": args.profile, "output_dir": str(output_dir)}
-    why = "; ".join(f"{n}: {r}" for n, r in fallbacks.items())
     if args.list:
         for n in names:
             print(f"{n}: notebooks/{n}.ipynb, params/{n}.{args.profile}.yaml")
-        print(f"figures -> {output_dir}" + (f" (embedded fallback data for {why})" if fallbacks else ""))
+        print(f"figures -> {output_dir}" + (f" ({_fallback_note(fallbacks)})" if fallbacks else ""))
         return 0
     output_dir.mkdir(parents=True, exist_ok=True)
     executed_dir.mkdir(parents=True, exist_ok=True)
     if fallbacks and not args.output_dir:
-        print(f"qafl reproduce: embedded fallback data for {why}", flush=True)
+        print(f"qafl reproduce: {_fallback_note(fallbacks)}", flush=True)
     saved = dict(os.environ)
     os.environ.update(kernel_environment(repo_root, args.jobs, args.backend, args.address))  # kernels inherit it
     try:
@@ -290,8 +289,14 @@ def plan_fallbacks(profiles: dict[str, dict[str, Any]]) -> dict[str, str]:
     for name, params in profiles.items():
         fell = [c for c in figures.planned_choices(name, params) if c.fallback]
         if fell:
-            out[name] = "; ".join(f"{c.label}: {c.reason}" for c in fell)
+            out[name] = "; ".join(dict.fromkeys(r for c in fell for r in c.reason.split("; ")))
     return out
+
+
+def _fallback_note(fallbacks: dict[str, str]) -> str:
+    """One line: which notebooks fall back, and why (each reason once)."""
+    reasons = "; ".join(dict.fromkeys(r for why in fallbacks.values() for r in why.split("; ")))
+    return f"embedded fallback data for {', '.join(fallbacks)} ({reasons})"
 
 
 def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, nb_dir: Path, output_dir: Path,

@@ -62,6 +62,8 @@ def test_read_only_disk(mount, tmp_path, capsys):
     sw.write_text("dataset: quadratic\nnum_clients: 6\nclients_per_round: 2\nsit: 1\ntime_limit: 20\n")
     rc = main(["sweep", "--config", str(sw), "--seeds", "1", "--out", str(ro / "sweep")])
     _check(rc, capsys.readouterr().err, (f"{ro}/sweep: Read-only file system",), tmp_path)
+    rc = main(["reproduce", "--only", "theory_quadratic", "--output-dir", str(ro / "figures")])
+    _check(rc, capsys.readouterr().err, (f"{ro}/figures: Read-only file system",), tmp_path)
     assert list(ro.iterdir()) == []
 
 

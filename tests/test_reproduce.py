@@ -272,7 +272,7 @@ def test_each_profile_and_data_choice_has_its_own_folder(tmp_path, monkeypatch, 
     assert qafl_main(argv + ["--list"]) == 0
     out = capsys.readouterr().out
     embedded = tmp_path / "repo" / "figures" / "smoke-embedded"
-    assert f"figures -> {embedded} (embedded fallback data for fig4_vs_fedavg: LEAF Synthetic" in out
+    assert f"figures -> {embedded} (embedded fallback data for fig4_vs_fedavg (QAFL_DATA_DIR is not set" in out
     assert qafl_main(argv) == 0
     capsys.readouterr()
     assert json.loads((embedded / "fig4_vs_fedavg.metrics.json").read_text())["embedded_fallback"] is True
