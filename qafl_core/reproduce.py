@@ -13,6 +13,9 @@ failed.
 Runs are shared between notebooks through the hash-keyed run cache (``$QAFL_CACHE_DIR``), so notebooks that
 reuse another's runs (tab1 <- fig5, fig3 <- fig1) are scheduled after it; ``--jobs N`` executes up to N
 notebooks at once (each in its own kernel), with ``QAFL_NUM_THREADS`` = cores / N torch threads per kernel.
+
+The module is longer than most (~390 lines): it is the whole batch driver (discovery, profiles, kernels,
+scheduling, output folders, report), kept together so that the command reads top to bottom.
 """
 from __future__ import annotations
 

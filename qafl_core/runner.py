@@ -26,7 +26,8 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
-from qafl_core.config import RunConfig, check_memory
+from qafl_core.config import RunConfig
+from qafl_core.limits import check_memory
 
 log = logging.getLogger("qafl")
 

@@ -14,6 +14,10 @@ Deliberate differences from LEAF (all documented in DATA.md as LEAF quirks):
 * the niid sampler's cut user keeps its first ``m`` samples in their original order (LEAF keeps the same
   first ``m`` samples but in a shuffled order);
 * users with < 2 samples are dropped by the sample split instead of being left as empty entries.
+
+Reading is defensive: files are size-bounded (:mod:`qafl_core.limits`), and NaN/inf inputs, non-integer or
+out-of-range labels are errors naming the file and the user.  The module is longer than most (~400 lines)
+because it holds LEAF's whole JSON pipeline (read, validate, merge, sample, split, write, convert) in one place.
 """
 from __future__ import annotations
 
@@ -21,55 +25,16 @@ import gzip
 import json
 import os
 import random
-import zlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from qafl_core.data.federated import FederatedDataset
+from qafl_core.limits import read_bytes_bounded
 
 LeafObj = dict[str, Any]
 _SUFFIXES = (".json", ".json.gz")
-#: Largest LEAF file (after decompression) read, in bytes: 1 GiB, or ``$QAFL_MAX_JSON_BYTES``.  LEAF's own
-#: files are far smaller (a FEMNIST ``all_data_<i>.json`` of 100 writers is about 200 MB); a larger one,
-#: e.g. a gzip bomb, is refused before it fills the memory.
-MAX_JSON_BYTES = 2 ** 30
-
-
-def max_json_bytes() -> int:
-    env = os.environ.get("QAFL_MAX_JSON_BYTES")
-    if not env:
-        return MAX_JSON_BYTES
-    try:
-        return int(env)
-    except ValueError:
-        raise ValueError(f"QAFL_MAX_JSON_BYTES: expected a number of bytes, got {env!r}") from None
-
-
-def read_bytes_bounded(path: str | os.PathLike, limit: int | None = None,
-                       hint: str = "a LEAF file is far smaller; set QAFL_MAX_JSON_BYTES to raise the limit") -> bytes:
-    """The bytes of ``path`` (gunzipped when its name ends in ``.gz``), refusing more than ``limit`` bytes.
-
-    Decompression stops as soon as the limit is passed, so a gzip bomb never fills the memory.
-
-    Raises:
-        ValueError: larger than the limit (the message names the file and the limit), or a corrupt gzip.
-    """
-    p = Path(path)
-    limit = max_json_bytes() if limit is None else int(limit)
-    opener = gzip.open if p.name.endswith(".gz") else open
-    try:
-        with opener(p, "rb") as fh:
-            data = fh.read(limit + 1)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise ValueError(f"{p}: cannot read (corrupt or truncated gzip?): {exc}") from None
-    if len(data) > limit:
-        raise ValueError(f"{p}: more than {limit:,} bytes{' after decompression' if opener is gzip.open else ''}; "
-                         f"refused ({hint})")
-    return data
-
-
 # ---------------------------------------------------------------------------------------------- reading
 def _validate(obj: Any, where: str) -> LeafObj:
     """Check the LEAF structure; raise ValueError naming ``where`` and the offending key/user."""

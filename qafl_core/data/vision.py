@@ -41,7 +41,7 @@ _WHERE = {"mnist": "MNIST idx files (yann.lecun.com/exdb/mnist or torchvision's 
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one idx file (plain or ``.gz``) of unsigned bytes into an array of its stated shape."""
-    from qafl_core.data.leaf import read_bytes_bounded
+    from qafl_core.limits import read_bytes_bounded
 
     p = Path(path)
     # bounded: a gzip bomb is refused before it fills the memory
