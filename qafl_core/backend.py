@@ -138,8 +138,9 @@ class RayStartError(ConnectionError):
     """Ray could not be started or reached (after retries); the message says what happened last."""
 
 
-#: attempts and pause (seconds, doubled after each failure) of :func:`init_ray`: a local Ray gives its raylet a
-#: fixed 30 s to register, which a loaded machine can miss; a second attempt usually gets through.
+#: attempts and pause (seconds, doubled after each failure) of :func:`init_ray`.  On a loaded machine a local Ray can
+#: miss its fixed start-up deadlines (the raylet aborts when its dashboard agent, a Python process, is not up within
+#: 15 s; the driver waits 30 s for the raylet); a later attempt gets through once the load eases.
 RAY_START_ATTEMPTS, RAY_START_PAUSE = 3, 5.0
 
 
