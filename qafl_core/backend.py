@@ -70,6 +70,7 @@ def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], backend: str = "l
         where = f"config #{k}"
         try:
             cfgs.append(c if isinstance(c, RunConfig) else RunConfig.from_dict(dict(c), source=where))
+            cfgs[-1].check_intervals()  # a run that could never finish is refused before any starts
         except ValueError as exc:
             msg = str(exc)
             raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None

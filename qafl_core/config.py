@@ -10,8 +10,9 @@ Defaults follow PAPER.md §8 "best readings": K = 5, base ``sit`` = 10 scaled by
 lattice spacing 1e-4, 30 % slow clients with exponential step times of mean 2 (fast) and 8 (slow),
 constant learning rate, QuAFL client learning-rate scaling (s+1)/s on.
 
-Validation also refuses configs that can never finish (QuAFL with ``sit = swt = 0``; more than
-:data:`MAX_INTERVALS` evaluations or checkpoints) and integers beyond 64 bits.  The module is a little
+Validation also refuses integers beyond 64 bits and configs whose clock never advances (QuAFL with
+``sit = swt = 0``); :meth:`RunConfig.check_intervals`, called before a run starts, refuses more than
+:data:`MAX_INTERVALS` evaluations or checkpoints.  The module is a little
 longer than most (~280 lines) because every key's check lives next to the key.
 """
 from __future__ import annotations
@@ -151,14 +152,23 @@ class RunConfig:
                 raise ValueError(f"{name}: expected true/false, got {getattr(self, name)!r}")
 
     def _check_can_finish(self) -> None:
-        """Refuse configs whose simulated clock can never reach ``time_limit`` in a bounded number of steps."""
+        """Refuse configs whose simulated clock never advances."""
         if (self.algorithm == "quafl" and self.sit == 0 and self.swt == 0 and self.max_server_steps is None):
             raise ValueError("sit, swt: QuAFL with sit = swt = 0 never advances its clock (a round takes sit + swt); "
                              "set sit or swt > 0, or bound the run with max_server_steps")
-        for name in ("eval_every", "checkpoint_every"):
-            every = getattr(self, name)
-            if every is not None and self.time_limit / every > MAX_INTERVALS:
-                raise ValueError(f"{name}: {every} gives {self.time_limit / every:.3g} intervals over time_limit = "
+
+    def check_intervals(self, checkpoint_every: float | None = None) -> None:
+        """ValueError unless a run evaluates and checkpoints at most :data:`MAX_INTERVALS` times up to ``time_limit``.
+
+        Called before a run starts (``qafl_core.runner.run``, ``qafl_core.backend.run_many``), not on construction:
+        a simulation stepped by hand (the benchmarks) may take an unbounded horizon and never evaluate.
+        ``checkpoint_every`` overrides the config's (``qafl run --checkpoint-every``).
+        """
+        every = {"eval_every": self.eval_every,
+                 "checkpoint_every": checkpoint_every if checkpoint_every is not None else self.checkpoint_every}
+        for name, value in every.items():
+            if value is not None and self.time_limit / value > MAX_INTERVALS:
+                raise ValueError(f"{name}: {value} gives {self.time_limit / value:.3g} intervals over time_limit = "
                                  f"{self.time_limit}; at most {MAX_INTERVALS:,} are allowed (raise {name})")
 
     # ------------------------------------------------------------------ derived values

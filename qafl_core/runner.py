@@ -170,6 +170,7 @@ def run(config: RunConfig | Mapping[str, Any], out_dir: str | os.PathLike | None
     """
     cfg = as_config(config)
     every = checkpoint_every if checkpoint_every is not None else cfg.checkpoint_every
+    cfg.check_intervals(every)  # a run that would evaluate or checkpoint without end is refused before it starts
     out = Path(out_dir) if out_dir is not None else None
     if (every or resume) and out is None:
         raise ValueError("checkpoint_every/resume: an output directory is needed to keep the checkpoint")

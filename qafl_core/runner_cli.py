@@ -67,6 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.checkpoint_every is not None:
         try:  # the same checks as the config key: > 0, finite, at most MAX_INTERVALS checkpoints
             cfg = cfg.replace(checkpoint_every=args.checkpoint_every)
+            cfg.check_intervals()
         except ValueError as exc:
             raise ValueError(f"--checkpoint-every: {str(exc).partition(': ')[2]}") from None
     df = run(cfg, out_dir=args.out, resume=args.resume, checkpoint_every=args.checkpoint_every)

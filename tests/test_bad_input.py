@@ -239,6 +239,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
     ("sweep-address-without-ray", _sweep(_QUAD_YAML, "1", "--address", "auto"), ("--address",)),
     ("sweep-clock-never-advances", _sweep(_QUAD_YAML.replace("sit: 1\n", "") + "grid:\n  sit: [1, 0]\n"),
      ("{tmp}/sweep.yaml (sit=0)", "never advances")),
+    ("sweep-eval-every-tiny", _sweep(_QUAD_YAML + "grid:\n  eval_every: [5, 1.0e-9]\n"),
+     ("{tmp}/sweep.yaml (eval_every=1e-09): eval_every: 1e-09 gives 2e+10 intervals",)),
     # --- data prepare
     ("prepare-bad-zip", lambda tmp: _bad_archives(tmp), ("{tmp}/raw/by_class.zip: not a readable zip archive",)),
 ]
@@ -476,3 +478,16 @@ def test_refused_prepare_keeps_the_previous_output(tmp_path, capsys):
     _check(rc, capsys.readouterr().err, ("by_class.zip: not a readable zip archive",), tmp_path)
     assert [p.name for p in out.rglob("*")] == ["train", "old.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".staging")]
+
+
+def test_a_config_with_an_unbounded_horizon_is_fine_until_it_is_run():
+    """Simulations stepped by hand (the benchmarks) use huge horizons; only a run that evaluates is bounded."""
+    from qafl_core.config import RunConfig
+    from qafl_core.runner import run
+
+    cfg = RunConfig(dataset="quadratic", num_clients=4, clients_per_round=2, time_limit=1e12, progress=False)
+    with pytest.raises(ValueError, match=r"eval_every: 50.0 gives 2e\+10 intervals .* at most 1,000,000"):
+        run(cfg)
+    cfg.replace(time_limit=5e7).check_intervals()                       # exactly 1,000,000 evaluations: allowed
+    with pytest.raises(ValueError, match=r"checkpoint_every: 1e-05 gives 1e\+07 intervals"):
+        cfg.replace(time_limit=100.0).check_intervals(checkpoint_every=1e-5)
