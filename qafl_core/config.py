@@ -12,7 +12,9 @@ Defaults follow the best readings of docs/choices.md#hyper-parameters: K = 5, ba
 lattice spacing 1e-4, 30 % slow clients with exponential step times of mean 2 (fast) and 8 (slow),
 constant learning rate, QuAFL client learning-rate scaling (s+1)/s on.
 
-Longer than 250 lines on purpose: every key, its default and its validation stay in one table.
+Validation also refuses integers beyond 64 bits and configs whose clock never advances (QuAFL with
+``sit = swt = 0``); :meth:`RunConfig.check_intervals`, called before a run starts, refuses more than
+:data:`MAX_INTERVALS` evaluations or checkpoints.  Longer than 250 lines on purpose: every key, its default and its validation stay in one table.
 """
 from __future__ import annotations
 
@@ -39,6 +41,12 @@ QAFEL_ORDERS = ("step_then_dispatch", "dispatch_then_step")
 
 # keys that never change the results of a run (excluded from the hash); data_root is covered by the data fingerprint
 _NON_RESULT_KEYS = ("progress", "checkpoint_every", "data_root", "eval_workers", "num_threads")
+
+#: Every integer key must fit a signed 64-bit integer (results tables, torch sizes and seeds are int64).
+INT64_MAX = 2 ** 63 - 1
+#: A run may evaluate (``time_limit / eval_every``) and checkpoint (``time_limit / checkpoint_every``) at most
+#: this many times: a smaller interval cannot finish in practice (and a tiny one stops advancing in float arithmetic).
+MAX_INTERVALS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,7 @@ class RunConfig:
             _check_int("num_threads", self.num_threads, lo=1)
         if self.checkpoint_every is not None:
             _check_float("checkpoint_every", self.checkpoint_every, positive=True)
+        self._check_can_finish()
         if not isinstance(self.dataset_options, Mapping):
             raise ValueError(f"dataset_options: expected a mapping, got {type(self.dataset_options).__name__}")
         for name in ("lr_decay", "scale_sit_by_bits", "server_averaging", "client_averaging", "client_lr_scaling",
@@ -220,6 +229,26 @@ class RunConfig:
                                  "exponential or constant step times)")
         elif self.timing_trace is not None:
             raise ValueError(f"timing_trace: only used with timing: trace (timing is {self.timing})")
+
+    def _check_can_finish(self) -> None:
+        """Refuse configs whose simulated clock never advances."""
+        if (self.algorithm == "quafl" and self.sit == 0 and self.swt == 0 and self.max_server_steps is None):
+            raise ValueError("sit, swt: QuAFL with sit = swt = 0 never advances its clock (a round takes sit + swt); "
+                             "set sit or swt > 0, or bound the run with max_server_steps")
+
+    def check_intervals(self, checkpoint_every: float | None = None) -> None:
+        """ValueError unless a run evaluates and checkpoints at most :data:`MAX_INTERVALS` times up to ``time_limit``.
+
+        Called before a run starts (``qafl_core.runner.run``, ``qafl_core.backend.run_many``), not on construction:
+        a simulation stepped by hand (the benchmarks) may take an unbounded horizon and never evaluate.
+        ``checkpoint_every`` overrides the config's (``qafl run --checkpoint-every``).
+        """
+        every = {"eval_every": self.eval_every,
+                 "checkpoint_every": checkpoint_every if checkpoint_every is not None else self.checkpoint_every}
+        for name, value in every.items():
+            if value is not None and self.time_limit / value > MAX_INTERVALS:
+                raise ValueError(f"{name}: {value} gives {self.time_limit / value:.3g} intervals over time_limit = "
+                                 f"{self.time_limit}; at most {MAX_INTERVALS:,} are allowed (raise {name})")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -290,6 +319,8 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if abs(value) > INT64_MAX:
+        raise ValueError(f"{name}: {value} does not fit a 64-bit integer (at most {INT64_MAX})")
     if lo is not None and value < lo:
         raise ValueError(f"{name}: must be >= {lo}, got {value}")
     if hi is not None and value > hi:
@@ -331,13 +362,28 @@ def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
         if t.startswith("Mapping"):
             import yaml
 
-            parsed = yaml.safe_load(value)
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{source}: {name}: not valid YAML ({yaml_problem(exc)}): {value!r}") from None
+            except RecursionError:
+                raise ValueError(f"{source}: {name}: nested too deeply") from None
             if not isinstance(parsed, dict):
                 raise ValueError(f"{source}: {name}: expected a mapping like {{key: value}}, got {value!r}")
             return parsed
     if t.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{source}: {name}: {value} is too large for a number") from None
     return value
+
+
+def yaml_problem(exc: Exception) -> str:
+    """One line for a YAML error (PyYAML's own message spans several lines, with an excerpt)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def parse_set_options(items: list[str] | None) -> dict[str, str]:

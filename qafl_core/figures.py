@@ -12,6 +12,8 @@ here, so it is tested and shared:
   ``qafl_core.backend.run_many`` when ``QAFL_BACKEND`` is set (``qafl reproduce --backend ray``).
 * :func:`write_metrics` — ``<figure>.metrics.json`` plus the figure's entry in ``MANIFEST.json``
   (:mod:`qafl_core.manifest`).
+* :func:`planned_choices` — the data choices a notebook will make, known before it runs, from which
+  ``qafl reproduce`` picks the figures folder (:mod:`qafl_core.outputs`).
 
 Generic reductions of results tables (curves on a common grid, time to accuracy, slopes) are in
 :mod:`qafl_core.analysis`, the per-figure headline numbers in :mod:`qafl_core.headlines`, and the theory
@@ -126,6 +128,24 @@ def choose_dataset(dataset: str, prefer: Sequence[str] = ("femnist",), fallback:
     if fallback is None:
         raise FileNotFoundError(f"dataset {wanted[0]!r}: {'; '.join(reasons)}")
     return DatasetChoice(fallback, wanted[0], dict(options.get(fallback) or {}), True, "; ".join(reasons))
+
+
+#: notebook -> the datasets its figure is about, in order of preference (``dataset = "auto"``); the notebooks
+#: pass these to :func:`choose_dataset` and :func:`planned_choices` does the same before they run.
+SUBJECTS = {"fig1_peers": ("celeba", "femnist"), "fig2_bits": ("mnist", "fmnist"),
+            "fig3_averaging": ("celeba", "femnist"), "fig4_vs_fedavg": ("femnist",)}
+
+
+def planned_choices(notebook: str, params: Mapping[str, Any]) -> list[DatasetChoice]:
+    """The data choices ``notebook`` will make with ``params`` (its profile): the same :func:`choose_dataset`
+    calls as its cells, made before it runs; ``[]`` for a notebook on embedded data only (theory)."""
+    fallback = params.get("fallback_dataset", "synthetic")
+    options = params.get("dataset_options") or {}
+    if params.get("datasets") is not None:
+        return choose_datasets(list(params["datasets"]), fallback=fallback, options=options)
+    if notebook in SUBJECTS:
+        return [choose_dataset(params.get("dataset", "auto"), SUBJECTS[notebook], fallback, options)]
+    return []
 
 
 # ---------------------------------------------------------------------- run grids

@@ -33,6 +33,7 @@ import torch
 
 from qafl_core import fingerprint, store
 from qafl_core.config import RunConfig
+from qafl_core.limits import check_memory
 
 log = logging.getLogger("qafl")
 
@@ -142,6 +143,7 @@ def build_task(cfg: RunConfig):
                                  f"valid: {', '.join(valid)}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"dataset_options.{key}: expected a number, got {value!r}")
+        check_memory(cfg, cfg.num_clients, int(opts.get("dim", 20)))  # refuse before the centres are allocated
         return QuadraticTask(num_clients=cfg.num_clients, seed=cfg.seed, **opts)
     from qafl_core.local import NeuralTask
 
@@ -155,6 +157,7 @@ def build_simulation(cfg: RunConfig, task=None):
     from qafl_core.timing import ClientClocks
 
     task = task if task is not None else build_task(cfg)
+    check_memory(cfg, task.num_clients, task.dim)  # refuse before the clients' models are allocated
     quantizer = make_quantizer(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps, bucket=cfg.qsgd_bucket,
                                segments=task.segments)
     clocks = ClientClocks(task.num_clients, cfg.timing, cfg.slow_fraction, cfg.fast_mean, cfg.slow_mean, cfg.seed,
@@ -220,6 +223,7 @@ def run(config: RunConfig | Mapping[str, Any], out_dir: str | os.PathLike | None
     """
     cfg = as_config(config)
     every = checkpoint_every if checkpoint_every is not None else cfg.checkpoint_every
+    cfg.check_intervals(every)  # a run that would evaluate or checkpoint without end is refused before it starts
     out = Path(out_dir) if out_dir is not None else None
     if (every or resume) and out is None:
         raise ValueError("checkpoint_every/resume: an output directory is needed to keep the checkpoint")
@@ -301,8 +305,8 @@ def _loop(cfg: RunConfig, sim, out: Path | None, ident, state: dict | None, ever
                 if not bool(torch.isfinite(sim.server).all()):
                     raise Diverged("the server model became non-finite")
             except (Diverged, ValueError) as exc:
-                # a quantizer refuses non-finite input with a ValueError: that is divergence, not a user error
-                if not isinstance(exc, Diverged) and _all_finite(sim):
+                # a quantizer refuses non-finite or out-of-range input with a ValueError: divergence, not a user error
+                if not isinstance(exc, Diverged) and not _numerical_fault(exc, sim):
                     raise
                 rec.add(sim, "status", {"diverged": 1.0})
                 status = "diverged"
@@ -345,6 +349,17 @@ def _git_commit() -> str | None:
 
         _COMMIT.append(git_commit())
     return _COMMIT[0]
+
+
+#: What the quantizers say when they refuse a vector for its values (non-finite, or beyond the lattice's integer
+#: range |x|/eps >= 2**62): a numerical fault of the run.  tests/test_bad_input.py checks every quantizer's message.
+QUANTIZER_RANGE_ERROR = "needs finite values"
+
+
+def _numerical_fault(exc: ValueError, sim) -> bool:
+    """Whether a ValueError raised inside a server step is the run diverging (never a configuration error:
+    configs are validated before the run starts)."""
+    return QUANTIZER_RANGE_ERROR in str(exc) or not _all_finite(sim)
 
 
 def _all_finite(sim) -> bool:

@@ -90,6 +90,7 @@ def expand(base: Mapping[str, Any], grid: Mapping[str, list], seeds: int,
         for seed in range(seeds):
             try:
                 cfg = RunConfig.from_dict({**base, **values, "seed": seed}, source=where)
+                cfg.check_intervals()  # refused before the output folder is made or any run starts
             except ValueError as exc:  # field checks do not know the file: say which file and grid point
                 msg = str(exc)
                 raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
