@@ -23,6 +23,11 @@ runs are timed in this process's CPU time (on a shared 2-core machine, wall-cloc
 * ``quantizer_gbps`` -- lattice and QSGD (b = 10) encode+decode throughput on a 6.6 M-coordinate vector
   (the FEMNIST CNN) next to ``copy_``, GB/s of float32 input; target: one message costs less than one CNN
   SGD step (batch 32), timed interleaved with the quantizers; all on one thread, as the engine runs them.
+  The fused sends (``send``: encode+decode without codes) are reported next to them.
+* ``lattice_vs_copy`` -- lattice (b = 12) encode+decode GB/s / ``copy_`` GB/s on the same vector (GB/s =
+  vector bytes / time for both), the encode+decode being the fused send; encode-then-decode in the note.
+* ``quafl_lattice_round_vs_sgd`` -- a QuAFL lattice:12 FEMNIST-CNN round (n = 20, s = 10, K = 5, batch 32)
+  / the local SGD inside that round (CPU time of the task's ``local_sgd`` calls), median over rounds.
 * ``peak_rss_300_clients_gb`` -- peak resident memory (``ru_maxrss`` of a child process, via ``os.wait4``)
   of a QuAFL run (lattice, b = 10) with 300 FEMNIST-CNN clients: evaluation, a few rounds, evaluation.
 """
@@ -31,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,10 +46,20 @@ from typing import Any
 
 import torch
 
-from qafl_core.bench_workloads import cnn_dataset, engine_pair, keep_freed_memory, mlp_dataset, quantizer_throughput
+from qafl_core.bench_quantize import (
+    lattice_vs_copy,
+    quafl_round_vs_sgd,
+    quantizer_throughput,
+)
+from qafl_core.bench_workloads import (
+    cnn_dataset,
+    engine_pair,
+    keep_freed_memory,
+    mlp_dataset,
+)
 
 NAMES = ("engine_vs_bare_cnn", "engine_vs_bare_mlp", "batched_vs_bare_mlp", "flower_vs_engine", "quantizer_gbps",
-         "peak_rss_300_clients_gb")
+         "lattice_vs_copy", "quafl_lattice_round_vs_sgd", "peak_rss_300_clients_gb")
 FLOWER_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "flower_compare.py"
 
 
@@ -63,10 +77,14 @@ class Line:
 
 # ---------------------------------------------------------------------- sizes
 SIZES = {
-    # cnn: n, s, K, batch, timed rounds per repetition, repetitions; mlp likewise; flower rounds; rss clients/rounds
-    "full": dict(cnn=(20, 5, 5, 32, 1, 11), mlp=(20, 5, 5, 128, 20, 9), flower=10, rss=(300, 3), quant_reps=7),
-    "quick": dict(cnn=(20, 5, 5, 32, 1, 5), mlp=(20, 5, 5, 128, 10, 5), flower=5, rss=(300, 1), quant_reps=3),
-    "tiny": dict(cnn=(4, 2, 2, 8, 1, 2), mlp=(4, 2, 2, 16, 2, 2), flower=4, rss=(4, 1), quant_reps=2),
+    # cnn: n, s, K, batch, timed rounds per repetition, repetitions; mlp likewise; flower rounds; rss clients/rounds;
+    # round: n, s, K, batch, timed rounds (quafl_lattice_round_vs_sgd)
+    "full": dict(cnn=(20, 5, 5, 32, 1, 11), mlp=(20, 5, 5, 128, 20, 9), flower=10, rss=(300, 3), quant_reps=7,
+                 round=(20, 10, 5, 32, 7)),
+    "quick": dict(cnn=(20, 5, 5, 32, 1, 5), mlp=(20, 5, 5, 128, 10, 5), flower=5, rss=(300, 1), quant_reps=3,
+                  round=(20, 10, 5, 32, 3)),
+    "tiny": dict(cnn=(4, 2, 2, 8, 1, 2), mlp=(4, 2, 2, 16, 2, 2), flower=4, rss=(4, 1), quant_reps=2,
+                 round=(4, 2, 2, 8, 2)),
 }
 
 
@@ -134,8 +152,46 @@ def bench_quantizers(size: str) -> Line:
     ok = max(ms["lattice"], ms["qsgd"]) < ms["sgd_step"]
     note = (f"GB/s of float32 input, encode+decode, d={res['d']} (FEMNIST CNN), b=10, 1 thread, median of "
             f"{res['reps']}: lattice {ms['lattice']:.1f} ms, qsgd {ms['qsgd']:.1f} ms, copy {ms['copy']:.2f} ms "
-            f"per message vs {ms['sgd_step']:.1f} ms per CNN SGD step (batch 32, 1 thread), interleaved")
+            f"per message vs {ms['sgd_step']:.1f} ms per CNN SGD step (batch 32, 1 thread), interleaved; fused send: "
+            f"lattice {ms['lattice_send']:.1f} ms, qsgd {ms['qsgd_send']:.1f} ms; {_kernels_note(res)}")
     return Line("quantizer_gbps", value, "message < 1 CNN SGD step", ok, note, res)
+
+
+def _kernels_note(res: dict) -> str:
+    k = res.get("kernels")
+    if not isinstance(k, dict):
+        return "eager kernels"
+    if k["failed"]:
+        return f"eager kernels (compiling failed: {k['failed']})"
+    on = k["mode"] == "on" or (k["mode"] == "auto" and res["d"] >= k["min_coords"])
+    return f"{'compiled' if on else 'eager'} kernels (QAFL_QUANT_COMPILE={k['mode']}; warm-up {res['warmup_s']} s)"
+
+
+def bench_lattice_vs_copy(size: str) -> Line:
+    tiny = size == "tiny"
+    res = lattice_vs_copy(100_000 if tiny else 6_603_710, SIZES[size]["quant_reps"])
+    ms, v = res["ms"], res["ratio"]
+    note = (f"lattice b={res['bits']} encode+decode fused (send) {ms['send']:.2f} ms = {res['gbps']['send']:.2f} GB/s "
+            f"vs copy {ms['copy']:.2f} ms = {res['gbps']['copy']:.2f} GB/s, d={res['d']}, 1 thread, median of "
+            f"{res['reps']}, interleaved; encode then decode {ms['encode_decode']:.2f} ms "
+            f"(ratio {res['ratio_encode_decode']:.3f}); {_kernels_note(res)}")
+    return Line("lattice_vs_copy", round(v, 3), ">= 0.50", v >= 0.5, note, res)
+
+
+def bench_quafl_round(size: str) -> Line:
+    n, s, k, b, reps = SIZES[size]["round"]
+    name, target = "quafl_lattice_round_vs_sgd", "<= 1.10"
+    try:
+        ds, source = cnn_dataset(n, tiny=size == "tiny")
+    except (FileNotFoundError, ValueError) as exc:
+        return Line(name, None, target, None, f"skipped: FEMNIST data not found ({str(exc).splitlines()[0][:200]})")
+    model = "mlp" if size == "tiny" else "femnist_cnn"
+    res = quafl_round_vs_sgd(ds, model, s, k, b, reps)
+    v = res["ratio"]
+    note = (f"QuAFL lattice:12 round {res['round_ms']:.0f} ms vs its local SGD {res['sgd_ms']:.0f} ms, "
+            f"{model} ({source}), n={n} s={s} K={k} batch {b}, {res['local_steps']} steps in {reps} rounds, "
+            f"1 thread, cpu time, median; {res['decode_failures']} decode failures")
+    return Line(name, round(v, 3), target, v <= 1.10, note, res)
 
 
 def bench_rss(size: str) -> Line:
@@ -164,7 +220,8 @@ def bench_rss(size: str) -> Line:
 
 RUNNERS = {"engine_vs_bare_cnn": bench_cnn, "engine_vs_bare_mlp": bench_mlp,
            "batched_vs_bare_mlp": lambda size: bench_mlp(size, batched=True), "flower_vs_engine": bench_flower,
-           "quantizer_gbps": bench_quantizers, "peak_rss_300_clients_gb": bench_rss}
+           "quantizer_gbps": bench_quantizers, "lattice_vs_copy": bench_lattice_vs_copy,
+           "quafl_lattice_round_vs_sgd": bench_quafl_round, "peak_rss_300_clients_gb": bench_rss}
 
 
 # ---------------------------------------------------------------------- output
