@@ -1,4 +1,7 @@
-"""``qafl bench``: what the simulator costs beyond the clients' local SGD (issue "Speed").
+"""``qafl bench``: what the simulator costs beyond the clients' local SGD.
+
+Over 250 lines: it is the one table of benchmark lines (each a few lines of setup and formatting); the
+workloads themselves are in :mod:`qafl_core.bench_workloads` and :mod:`qafl_core.bench_quantize`.
 
 Every ratio compares two runs made in this process, interleaved (A, B, A, B, ...: each engine round is
 followed by the bare loop replaying exactly its steps), median of several repetitions, so that load from
@@ -27,7 +30,9 @@ runs are timed in this process's CPU time (on a shared 2-core machine, wall-cloc
 * ``lattice_vs_copy`` -- lattice (b = 12) encode+decode GB/s / ``copy_`` GB/s on the same vector (GB/s =
   vector bytes / time for both), the encode+decode being the fused send; encode-then-decode in the note.
 * ``quafl_lattice_round_vs_sgd`` -- a QuAFL lattice:12 FEMNIST-CNN round (n = 20, s = 10, K = 5, batch 32)
-  / the local SGD inside that round (CPU time of the task's ``local_sgd`` calls), median over rounds.
+  / the local SGD inside that round (CPU time of the task's ``local_sgd`` calls), median over rounds. ``sit``
+  is 10 * 105/n, so that a client meets the server every 39 time units as in the n = 105 FEMNIST runs at
+  s = 10 and completes its K steps as there (at sit 10 with n = 20 it would complete about 1.4).
 * ``peak_rss_300_clients_gb`` -- peak resident memory (``ru_maxrss`` of a child process, via ``os.wait4``)
   of a QuAFL run (lattice, b = 10) with 300 FEMNIST-CNN clients: evaluation, a few rounds, evaluation.
 """
@@ -186,10 +191,11 @@ def bench_quafl_round(size: str) -> Line:
     except (FileNotFoundError, ValueError) as exc:
         return Line(name, None, target, None, f"skipped: FEMNIST data not found ({str(exc).splitlines()[0][:200]})")
     model = "mlp" if size == "tiny" else "femnist_cnn"
-    res = quafl_round_vs_sgd(ds, model, s, k, b, reps)
+    res = quafl_round_vs_sgd(ds, model, s, k, b, reps, sit=10.0 * 105 / n)
     v = res["ratio"]
     note = (f"QuAFL lattice:12 round {res['round_ms']:.0f} ms vs its local SGD {res['sgd_ms']:.0f} ms, "
-            f"{model} ({source}), n={n} s={s} K={k} batch {b}, {res['local_steps']} steps in {reps} rounds, "
+            f"{model} ({source}), n={n} s={s} K={k} batch {b} sit {res['sit']:g} (the n=105 runs' contact interval), "
+            f"{res['local_steps']} steps in {reps} rounds, "
             f"1 thread, cpu time, median; {res['decode_failures']} decode failures")
     return Line(name, round(v, 3), target, v <= 1.10, note, res)
 

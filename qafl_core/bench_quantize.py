@@ -111,16 +111,17 @@ def lattice_vs_copy(d: int, reps: int, bits: int = 12, eps: float = 1e-4) -> dic
 
 
 def quafl_round_vs_sgd(ds: FederatedDataset, model: str, s: int, k: int, batch: int, reps: int, bits: int = 12,
-                       eps: float = 1e-4) -> dict:
+                       eps: float = 1e-4, sit: float = 10.0) -> dict:
     """CPU time of a QuAFL lattice round over the CPU time of that round's local SGD (the task's ``local_sgd``
     calls inside it), median over ``reps`` rounds after warm-up rounds (QuAFL's first contacts take no steps,
-    and the first messages compile the kernels). One intra-op thread for everything."""
+    and the first messages compile the kernels). One intra-op thread for everything. ``sit`` sets how many
+    local steps a client completes between two contacts (every ``n/s`` rounds of ``sit * b/32`` time units)."""
     from qafl_core.config import RunConfig
     from qafl_core.local import NeuralTask
     from qafl_core.runner import build_simulation
 
     cfg = RunConfig(dataset=ds.name, algorithm="quafl", clients_per_round=s, local_steps=k, batch_size=batch, lr=LR,
-                    quantizer="lattice", bits=bits, lattice_eps=eps, time_limit=1e12, progress=False)
+                    quantizer="lattice", bits=bits, lattice_eps=eps, sit=sit, time_limit=1e12, progress=False)
     task = NeuralTask(ds, model, 0, batch)
     sim = build_simulation(cfg, task)
     sgd = [0.0]
@@ -156,5 +157,5 @@ def quafl_round_vs_sgd(ds: FederatedDataset, model: str, s: int, k: int, batch: 
         raise RuntimeError("quafl_round_vs_sgd: the server model diverged; timings would be skewed")
     return {"ratio": statistics.median(ratios), "ratios": [round(r, 3) for r in ratios],
             "round_ms": statistics.median(rounds) * 1e3, "sgd_ms": statistics.median(sgd_s) * 1e3,
-            "local_steps": sim.local_steps - steps0, "reps": reps, "dim": task.dim, "num_clients": ds.num_clients,
-            "decode_failures": sim.decode_failures, "warmup_s": round(warmup, 1)}
+            "local_steps": sim.local_steps - steps0, "sit": sit, "reps": reps, "dim": task.dim,
+            "num_clients": ds.num_clients, "decode_failures": sim.decode_failures, "warmup_s": round(warmup, 1)}
