@@ -16,13 +16,15 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 
-IMPORTS = "from qafl_core import analysis, figures, headlines, plotting"
-THEORY_IMPORTS = "from qafl_core import figures, headlines, plotting, theory_grids"
+IMPORTS = "from qafl_core import analysis, figures, headlines, outputs, plotting"
+THEORY_IMPORTS = "from qafl_core import figures, headlines, outputs, plotting, theory_grids"
+#: first line of every notebook's first cell after the parameters: None -> <checkout>/notebooks/out (git-ignored)
+OUTPUT = "output_dir = outputs.output_folder(output_dir)\n"
 
 #: Comments shown next to parameters in the ``parameters`` cell.
 DOCS = {
     "profile": "parameter profile name, recorded in the manifest (qafl reproduce sets it)",
-    "output_dir": "where figures, metrics JSON and MANIFEST.json go",
+    "output_dir": "figures, metrics JSON, MANIFEST.json; None: <repo>/notebooks/out (qafl reproduce: figures/<profile>)",
     "dataset": "auto: the figure's subject data if present (see header), else the fallback",
     "datasets": "datasets of the comparison (each falls back to fallback_dataset if missing)",
     "fallback_dataset": "embedded dataset used when the subject data is missing (None: fail instead)",
@@ -62,7 +64,7 @@ def _params_cell(name: str) -> str:
     values = yaml.safe_load((HERE / "params" / f"{name}.smoke.yaml").read_text())
     lines = ["# Parameters (papermill replaces them; profiles: notebooks/params/" + name + ".<profile>.yaml).",
              "# Defaults = the smoke profile.", 'profile = "interactive"  # ' + DOCS["profile"],
-             'output_dir = "../figures"  # ' + DOCS["output_dir"]]
+             'output_dir = None  # ' + DOCS["output_dir"]]
     for key, value in values.items():
         doc = DOCS.get(key)
         lines.append(f"{key} = {value!r}" + (f"  # {doc}" if doc else ""))
@@ -77,8 +79,10 @@ def _params_dict(name: str) -> str:
 HEADER_TAIL = """
 Run it here (defaults = the **smoke** profile) or in batch: `qafl reproduce --only {name}` (smoke) /
 `qafl reproduce --profile paper --only {name}`.  Runs are cached by config hash (`$QAFL_CACHE_DIR`), so
-re-plotting never re-trains.  Writes `figures/{name}.png|pdf`, `figures/{name}.metrics.json` and its entry in
-`figures/MANIFEST.json`."""
+re-plotting never re-trains.  Writes `{name}.png|pdf`, `{name}.metrics.json` and its entry in `MANIFEST.json`
+to `output_dir`: by default the git-ignored `notebooks/out/` of this checkout (whatever the working directory);
+`qafl reproduce` sets `figures/<profile>/` (or `figures/<profile>-embedded/` when a figure falls back to
+embedded data), so runs never overwrite each other's figures."""
 
 NOTEBOOKS: dict[str, dict] = {}
 
@@ -93,7 +97,7 @@ client will not have taken any steps when interacting with the server".  Here: *
 Synthetic** data (the title then says *embedded fallback*).  Left: server-model test accuracy against simulated
 time; right: fraction of slow-client contacts with zero local steps.""",
     cells=[
-        ("## Runs", """choice = figures.choose_dataset(dataset, prefer=["celeba", "femnist"], fallback=fallback_dataset,
+        ("## Runs", """choice = figures.choose_dataset(dataset, prefer=figures.SUBJECTS["fig1_peers"], fallback=fallback_dataset,
                                 options=dataset_options)
 base = figures.base_config(choice, lr=lr, model=model, num_clients=num_clients, local_steps=local_steps, quantizer=quantizer,
                            bits=bits, lattice_eps=lattice_eps, slow_fraction=slow_fraction, sit=sit, swt=swt,
@@ -128,7 +132,7 @@ else **Fashion-MNIST** (Debian's `fashion-mnist` package or `$QAFL_DATA_DIR/fmni
 embedded **LEAF Synthetic** data (*embedded fallback*).  Accuracy against simulated time (left: fewer bits
 shorten the interaction time, sit · b/32) and against the data sent (right).""",
     cells=[
-        ("## Runs", """choice = figures.choose_dataset(dataset, prefer=["mnist", "fmnist"], fallback=fallback_dataset,
+        ("## Runs", """choice = figures.choose_dataset(dataset, prefer=figures.SUBJECTS["fig2_bits"], fallback=fallback_dataset,
                                 options=dataset_options)
 base = figures.base_config(choice, lr=lr, model=model, num_clients=num_clients, clients_per_round=clients_per_round,
                            local_steps=local_steps, lattice_eps=lattice_eps, slow_fraction=slow_fraction, sit=sit,
@@ -161,7 +165,7 @@ client is best".  *Server only*: clients adopt the server model instead of avera
 the server adopts the mean of the received models.  Data as in Fig. 1 (CelebA, else FEMNIST, else the embedded
 LEAF Synthetic fallback).  Accuracy against server steps (the paper's x axis) and against simulated time.""",
     cells=[
-        ("## Runs", """choice = figures.choose_dataset(dataset, prefer=["celeba", "femnist"], fallback=fallback_dataset,
+        ("## Runs", """choice = figures.choose_dataset(dataset, prefer=figures.SUBJECTS["fig3_averaging"], fallback=fallback_dataset,
                                 options=dataset_options)
 base = figures.base_config(choice, lr=lr, model=model, num_clients=num_clients, clients_per_round=clients_per_round,
                            local_steps=local_steps, quantizer=quantizer, bits=bits, lattice_eps=lattice_eps,
@@ -194,7 +198,8 @@ because the server need not wait for slow clients".  FedAvg waits for the slowes
 single slow node taking one SGD step per round on all the federation's training data (`dataset_options.pool`).  Here: **FEMNIST** when under `$QAFL_DATA_DIR` (set `dataset = "cifar10"` for
 the paper's data), else the embedded **LEAF Synthetic** data (*embedded fallback*).""",
     cells=[
-        ("## Runs", """choice = figures.choose_dataset(dataset, prefer=["femnist"], fallback=fallback_dataset, options=dataset_options)
+        ("## Runs", """choice = figures.choose_dataset(dataset, prefer=figures.SUBJECTS["fig4_vs_fedavg"], fallback=fallback_dataset,
+                                options=dataset_options)
 base = figures.base_config(choice, lr=lr, model=model, num_clients=num_clients, clients_per_round=clients_per_round,
                            local_steps=local_steps, lattice_eps=lattice_eps, slow_fraction=slow_fraction, sit=sit,
                            swt=swt, time_limit=time_limit, eval_every=eval_every, eval_max_samples=eval_max_samples,
@@ -260,7 +265,7 @@ For each dataset and algorithm of Fig. 5: the simulated time and the data sent (
 server model first reaches the target accuracy, mean ± std over the seeds that reached it, and how many did.
 With the same parameters as `fig5_vs_fedbuff` this notebook reuses its runs from the cache.  The target is
 `target_accuracy` per dataset, or `target_fraction` × the best final accuracy of any algorithm on that dataset.
-Writes `figures/tab1_time_to_accuracy.csv` and `.md` besides the bar chart.""",
+Writes `tab1_time_to_accuracy.csv` and `.md` besides the bar chart.""",
     cells=[
         ("## Runs", _COMPARISON_RUNS),
         ("## Table", """table = headlines.tab1_frame(results, target_accuracy, target_fraction)
@@ -339,9 +344,9 @@ def build(name: str) -> nbformat.NotebookNode:
     params = nbformat.v4.new_code_cell(_params_cell(name))
     params.metadata["tags"] = ["parameters"]
     cells.append(params)
-    for title, source in spec["cells"]:
+    for k, (title, source) in enumerate(spec["cells"]):
         cells.append(nbformat.v4.new_markdown_cell(title))
-        cells.append(nbformat.v4.new_code_cell(source.replace("{params}", _params_dict(name))))
+        cells.append(nbformat.v4.new_code_cell((OUTPUT if k == 0 else "") + source.replace("{params}", _params_dict(name))))
     for i, cell in enumerate(cells):
         cell["id"] = f"{name.replace('_', '-')}-{i}"
     nb.cells = cells

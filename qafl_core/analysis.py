@@ -74,6 +74,15 @@ def last_values(df: pd.DataFrame, metric: str = "accuracy", split: str = "test",
     return last[[*by, "seed", RUN, "value", "time"]].reset_index(drop=True)
 
 
+def first_values(df: pd.DataFrame, metric: str = "accuracy", split: str = "test",
+                 by: Sequence[str] = ("label",)) -> pd.DataFrame:
+    """The first evaluation of ``metric`` in each run (the untrained model's, at t = 0): columns
+    ``[*by, "seed", config_hash, "value", "time"]``."""
+    rows = select(df, metric, split).sort_values(["time", "server_steps"])
+    first = rows.groupby(RUN, sort=False).head(1)
+    return first[[*by, "seed", RUN, "value", "time"]].reset_index(drop=True)
+
+
 def summarize(per_run: pd.DataFrame, by: Sequence[str] = ("label",), value: str = "value") -> pd.DataFrame:
     """Mean, std (ddof=1; NaN for a single seed) and count over seeds of a per-run column."""
     g = per_run.groupby(list(by), sort=False)[value]

@@ -1,8 +1,9 @@
 """Run many independent simulations: sequentially here, or as Ray tasks on a local or remote cluster.
 
 Paper reproductions are grids of independent runs (configs x seeds).  Every run goes through
-:func:`qafl_core.runner.load_or_run`, so results are cached by config hash and a rerun after a crash
-only computes what is missing.  A run's results depend only on its config (one root seed drives every
+:func:`qafl_core.runner.load_or_run`, so results are cached by run identity (config, data and code
+fingerprints), verified on every read and locked while computed (two sweeps sharing a cache compute each
+run once), and a rerun after a crash only computes what is missing.  A run's results depend only on its config (one root seed drives every
 random stream, :mod:`qafl_core.rng`; no global RNG state), so the Ray backend returns exactly what the
 local backend returns — ``tests/test_backend.py`` checks it.
 
@@ -47,14 +48,15 @@ def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], backend: str = "l
         address: Ray cluster address (``"auto"``: the cluster ``ray start`` runs on this machine,
             ``"host:6379"``, ``"ray://host:10001"``); None starts a new local Ray instance with
             ``os.cpu_count()`` CPUs.  An already initialised Ray (``ray.init`` called by the caller) is reused.
-        cache_dir: results cache (one directory per config hash); None -> ``$QAFL_CACHE_DIR/runs`` or
+        cache_dir: results cache (one directory per run identity); None -> ``$QAFL_CACHE_DIR/runs`` or
             ``~/.cache/qafl/runs``.  On a multi-node cluster, point it at a shared filesystem to share the cache.
         max_parallel: at most this many Ray tasks in flight (None: let Ray schedule all of them).
         on_result: called as ``on_result(index, table)`` as each run finishes (progress reporting).
 
     Returns:
-        One long-format results table per config (:data:`qafl_core.runner.COLUMNS`); failed runs get a
-        one-row ``failed`` table carrying ``attrs["error"]``.
+        One long-format results table per config (:data:`qafl_core.runner.COLUMNS`) carrying
+        ``attrs["provenance"]`` (see :func:`qafl_core.runner.load_or_run`); failed runs get a one-row
+        ``failed`` table carrying ``attrs["error"]``.
 
     Raises:
         ValueError: unknown backend, invalid config, or ``max_parallel < 1``.
@@ -70,6 +72,7 @@ def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], backend: str = "l
         where = f"config #{k}"
         try:
             cfgs.append(c if isinstance(c, RunConfig) else RunConfig.from_dict(dict(c), source=where))
+            cfgs[-1].check_intervals()  # a run that could never finish is refused before any starts
         except ValueError as exc:
             msg = str(exc)
             raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
@@ -134,22 +137,61 @@ def import_ray():
     return ray
 
 
-def init_ray(address: str | None = None) -> bool:
+class RayStartError(ConnectionError):
+    """Ray could not be started or reached (after retries); the message says what happened last."""
+
+
+#: attempts and pause (seconds, doubled after each failure) of :func:`init_ray`.  On a loaded machine a local Ray can
+#: miss its fixed start-up deadlines (the raylet aborts when its dashboard agent, a Python process, is not up within
+#: 15 s; the driver waits 30 s for the raylet); a later attempt gets through once the load eases.
+RAY_START_ATTEMPTS, RAY_START_PAUSE = 3, 5.0
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, attempts: int | None = None) -> bool:
     """Connect to ``address`` or start a local Ray instance; reuse an initialised one.  True if this call
-    initialised Ray (the caller may then ``ray.shutdown()`` when done)."""
+    initialised Ray (the caller may then ``ray.shutdown()`` when done).
+
+    A local instance is started with an explicit CPU count (``num_cpus``, default ``os.cpu_count()``), no
+    dashboard, and longer worker start-up timeouts; start-up is retried ``attempts`` times
+    (:data:`RAY_START_ATTEMPTS`) with a growing pause, because under load Ray's fixed start-up deadline can
+    pass before its processes are up.
+
+    Raises:
+        RayStartError: Ray did not start (or the cluster did not answer) after every attempt.
+    """
     ray = import_ray()
     if ray.is_initialized():
         return False
     # CPU-only tasks: opt in to Ray's future behaviour of leaving CUDA_VISIBLE_DEVICES alone (and its FutureWarning off)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # workers of a loaded machine can take more than Ray's default 60 s to register with their raylet
+    os.environ.setdefault("RAY_worker_register_timeout_seconds", "180")
     common = dict(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     if address:
-        ray.init(address=address, **common)
+        kwargs = dict(address=address, **common)
     else:
         # "local": always a fresh instance of this machine, even where `ray start` left a cluster behind
         # (plain ray.init() would connect to it, and refuse num_cpus); use --address auto for that one
-        ray.init(address="local", num_cpus=os.cpu_count(), **common)
-    return True
+        kwargs = dict(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **common)
+    attempts = RAY_START_ATTEMPTS if attempts is None else max(1, int(attempts))
+    pause, last = RAY_START_PAUSE, ""
+    for k in range(attempts):
+        try:
+            ray.init(**kwargs)
+            return True
+        except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception/TimeoutError/ConnectionError on start-up
+            last = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            log.warning("Ray start-up attempt %d of %d failed: %s", k + 1, attempts, last)
+            try:  # clean up what the failed attempt started before trying again
+                ray.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+            if k + 1 < attempts:
+                time.sleep(pause)
+                pause *= 2
+    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+    raise RayStartError(f"--backend ray: could not start {where} in {attempts} attempts (last: {last}); the machine "
+                        f"may be overloaded: try again, or use --backend local (same results)")
 
 
 def _run_ray(cfgs: list[RunConfig], cache: str | None, address: str | None,

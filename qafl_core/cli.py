@@ -9,13 +9,18 @@ Sub-commands live next to the code they drive; each module exposes ``register(su
 * ``qafl bench``                  -> :mod:`qafl_core.bench`
 
 Every user error (bad file, unknown name, impossible value) is printed as one line
-``qafl: error: ...`` without a traceback and exits with status 2.
+``qafl: error: ...`` without a traceback and exits with status 2.  So are the faults of the machine a
+command cannot fix by itself: a read-only or full disk, a missing permission (``OSError``, named by the
+file when the system names it, else by the command's output folder) and running out of memory
+(``MemoryError``, or torch's allocator refusing).  The README's "Fault and bad-input catalogue" lists
+every case tried.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
-import json
+import os
 import sys
 
 _COMMAND_MODULES = [
@@ -51,14 +56,56 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, KeyError, json.JSONDecodeError) as exc:
+    except OSError as exc:  # ours (FileNotFoundError("<file>: ...")) carry no errno; the system's do
+        return _error(exc if exc.errno is None else describe_os_error(exc, _output_of(args)))
+    except (UserError, ValueError, KeyError, OverflowError) as exc:  # json.JSONDecodeError is a ValueError
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"qafl: error: {msg}", file=sys.stderr)
-        return 2
+        return _error(msg)
+    except MemoryError:
+        return _error("out of memory (MemoryError); lower num_clients, the model size or eval_batch_size")
+    except RuntimeError as exc:
+        if "can't allocate memory" not in str(exc):  # torch's allocator; any other RuntimeError is a bug: traceback
+            raise
+        return _error(f"out of memory: {_first_line(str(exc).split('DefaultCPUAllocator: ')[-1])}")
     except KeyboardInterrupt:
         print("qafl: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def _error(msg: object) -> int:
+    print(f"qafl: error: {_first_line(str(msg))}", file=sys.stderr)
+    return 2
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " ".join(lines) if len(lines) <= 3 else lines[0] + " ..."
+
+
+def _output_of(args: argparse.Namespace) -> str | None:
+    """The folder a command writes to (``--out`` / ``--output-dir``), to name it when the system does not."""
+    for name in ("out", "output_dir"):
+        value = getattr(args, name, None)
+        if value:
+            return str(value)
+    return None
+
+
+def describe_os_error(exc: OSError, output: str | None = None) -> str:
+    """``<file>: <reason>`` for an OSError: the file the system names, else ``output``, else the error alone."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        reason += " (disk full)"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason += " (choose a writable folder)"
+    where = exc.filename if exc.filename is not None else output
+    if where is None:
+        return reason
+    where = os.fsdecode(where)
+    if exc.filename2 is not None:
+        where += f" -> {os.fsdecode(exc.filename2)}"
+    return f"{where}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

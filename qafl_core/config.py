@@ -3,18 +3,23 @@
 Names follow the issue tracker's contract (``clients_per_round``, ``local_steps``, ...), so that
 ``qafl run --set clients_per_round=10`` and YAML files use the same keys.  Validation happens in
 ``__post_init__`` and every message names the offending field.  ``config_hash`` identifies a run's
-*results* (the cache key for notebooks and the checkpoint check); fields that cannot change results
-(output paths, progress bars, checkpoint cadence) are excluded from it.
+*configuration*: it hashes the keys that can change results and differ from their defaults, so that a new
+key added with a default keeps every existing hash.  Keys that cannot change results (progress bars,
+checkpoint cadence, thread counts) are left out, and so is ``data_root``: the data a run reads is covered by
+its data fingerprint, part of the run identity (:mod:`qafl_core.fingerprint`).
 
 Defaults follow the best readings of docs/choices.md#hyper-parameters: K = 5, base ``sit`` = 10 scaled by b/32, ``swt`` = 0,
 lattice spacing 1e-4, 30 % slow clients with exponential step times of mean 2 (fast) and 8 (slow),
 constant learning rate, QuAFL client learning-rate scaling (s+1)/s on.
 
-Longer than 250 lines on purpose: every key, its default and its validation stay in one table.
+Validation also refuses integers beyond 64 bits and configs whose clock never advances (QuAFL with
+``sit = swt = 0``); :meth:`RunConfig.check_intervals`, called before a run starts, refuses more than
+:data:`MAX_INTERVALS` evaluations or checkpoints.  Longer than 250 lines on purpose: every key, its default and its validation stay in one table.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -35,8 +40,14 @@ QAFEL_VARIANTS = ("qafel", "naive")
 QAFEL_ORDERS = ("step_then_dispatch", "dispatch_then_step")
 SPEED_CORRECTIONS = ("none", "lr", "normalized", "estimate")  # qafl_core/speed.py
 
-# keys that never change the results of a run (excluded from the hash)
+# keys that never change the results of a run (excluded from the hash); data_root is covered by the data fingerprint
 _NON_RESULT_KEYS = ("progress", "checkpoint_every", "data_root", "eval_workers", "num_threads")
+
+#: Every integer key must fit a signed 64-bit integer (results tables, torch sizes and seeds are int64).
+INT64_MAX = 2 ** 63 - 1
+#: A run may evaluate (``time_limit / eval_every``) and checkpoint (``time_limit / checkpoint_every``) at most
+#: this many times: a smaller interval cannot finish in practice (and a tiny one stops advancing in float arithmetic).
+MAX_INTERVALS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -186,6 +197,7 @@ class RunConfig:
             _check_int("num_threads", self.num_threads, lo=1)
         if self.checkpoint_every is not None:
             _check_float("checkpoint_every", self.checkpoint_every, positive=True)
+        self._check_can_finish()
         if not isinstance(self.dataset_options, Mapping):
             raise ValueError(f"dataset_options: expected a mapping, got {type(self.dataset_options).__name__}")
         for name in ("lr_decay", "scale_sit_by_bits", "server_averaging", "client_averaging", "client_lr_scaling",
@@ -242,6 +254,26 @@ class RunConfig:
         elif self.timing_trace is not None:
             raise ValueError(f"timing_trace: only used with timing: trace (timing is {self.timing})")
 
+    def _check_can_finish(self) -> None:
+        """Refuse configs whose simulated clock never advances."""
+        if (self.algorithm == "quafl" and self.sit == 0 and self.swt == 0 and self.max_server_steps is None):
+            raise ValueError("sit, swt: QuAFL with sit = swt = 0 never advances its clock (a round takes sit + swt); "
+                             "set sit or swt > 0, or bound the run with max_server_steps")
+
+    def check_intervals(self, checkpoint_every: float | None = None) -> None:
+        """ValueError unless a run evaluates and checkpoints at most :data:`MAX_INTERVALS` times up to ``time_limit``.
+
+        Called before a run starts (``qafl_core.runner.run``, ``qafl_core.backend.run_many``), not on construction:
+        a simulation stepped by hand (the benchmarks) may take an unbounded horizon and never evaluate.
+        ``checkpoint_every`` overrides the config's (``qafl run --checkpoint-every``).
+        """
+        every = {"eval_every": self.eval_every,
+                 "checkpoint_every": checkpoint_every if checkpoint_every is not None else self.checkpoint_every}
+        for name, value in every.items():
+            if value is not None and self.time_limit / value > MAX_INTERVALS:
+                raise ValueError(f"{name}: {value} gives {self.time_limit / value:.3g} intervals over time_limit = "
+                                 f"{self.time_limit}; at most {MAX_INTERVALS:,} are allowed (raise {name})")
+
     # ------------------------------------------------------------------ derived values
     @property
     def round_sit(self) -> float:
@@ -282,8 +314,24 @@ class RunConfig:
         return RunConfig.from_dict({**self.to_dict(), **changes})
 
     def config_hash(self) -> str:
-        d = {k: v for k, v in self.to_dict().items() if k not in _NON_RESULT_KEYS}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """16 hex digits of sha256 over the canonical JSON (sorted keys, no spaces) of the result-affecting
+        keys whose values differ from the :class:`RunConfig` defaults (ints given for float keys count as
+        floats, so ``lr=1`` and ``lr=1.0`` are one config)."""
+        defaults = _defaults()
+        d = {}
+        for k, v in self.to_dict().items():
+            if k in _NON_RESULT_KEYS or v == defaults[k]:
+                continue
+            if isinstance(v, int) and not isinstance(v, bool) and isinstance(defaults[k], float):
+                v = float(v)
+            d[k] = v
+        text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    return RunConfig().to_dict()
 
 
 # ---------------------------------------------------------------------- helpers
@@ -295,6 +343,8 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if abs(value) > INT64_MAX:
+        raise ValueError(f"{name}: {value} does not fit a 64-bit integer (at most {INT64_MAX})")
     if lo is not None and value < lo:
         raise ValueError(f"{name}: must be >= {lo}, got {value}")
     if hi is not None and value > hi:
@@ -336,13 +386,28 @@ def _coerce(name: str, value: Any, typ: Any, source: str) -> Any:
         if t.startswith("Mapping"):
             import yaml
 
-            parsed = yaml.safe_load(value)
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{source}: {name}: not valid YAML ({yaml_problem(exc)}): {value!r}") from None
+            except RecursionError:
+                raise ValueError(f"{source}: {name}: nested too deeply") from None
             if not isinstance(parsed, dict):
                 raise ValueError(f"{source}: {name}: expected a mapping like {{key: value}}, got {value!r}")
             return parsed
     if t.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{source}: {name}: {value} is too large for a number") from None
     return value
+
+
+def yaml_problem(exc: Exception) -> str:
+    """One line for a YAML error (PyYAML's own message spans several lines, with an excerpt)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def parse_set_options(items: list[str] | None) -> dict[str, str]:

@@ -12,6 +12,8 @@ here, so it is tested and shared:
   ``qafl_core.backend.run_many`` when ``QAFL_BACKEND`` is set (``qafl reproduce --backend ray``).
 * :func:`write_metrics` — ``<figure>.metrics.json`` plus the figure's entry in ``MANIFEST.json``
   (:mod:`qafl_core.manifest`).
+* :func:`planned_choices` — the data choices a notebook will make, known before it runs, from which
+  ``qafl reproduce`` picks the figures folder (:mod:`qafl_core.outputs`).
 
 Generic reductions of results tables (curves on a common grid, time to accuracy, slopes) are in
 :mod:`qafl_core.analysis`, the per-figure headline numbers in :mod:`qafl_core.headlines`, and the theory
@@ -128,6 +130,24 @@ def choose_dataset(dataset: str, prefer: Sequence[str] = ("femnist",), fallback:
     return DatasetChoice(fallback, wanted[0], dict(options.get(fallback) or {}), True, "; ".join(reasons))
 
 
+#: notebook -> the datasets its figure is about, in order of preference (``dataset = "auto"``); the notebooks
+#: pass these to :func:`choose_dataset` and :func:`planned_choices` does the same before they run.
+SUBJECTS = {"fig1_peers": ("celeba", "femnist"), "fig2_bits": ("mnist", "fmnist"),
+            "fig3_averaging": ("celeba", "femnist"), "fig4_vs_fedavg": ("femnist",)}
+
+
+def planned_choices(notebook: str, params: Mapping[str, Any]) -> list[DatasetChoice]:
+    """The data choices ``notebook`` will make with ``params`` (its profile): the same :func:`choose_dataset`
+    calls as its cells, made before it runs; ``[]`` for a notebook on embedded data only (theory)."""
+    fallback = params.get("fallback_dataset", "synthetic")
+    options = params.get("dataset_options") or {}
+    if params.get("datasets") is not None:
+        return choose_datasets(list(params["datasets"]), fallback=fallback, options=options)
+    if notebook in SUBJECTS:
+        return [choose_dataset(params.get("dataset", "auto"), SUBJECTS[notebook], fallback, options)]
+    return []
+
+
 # ---------------------------------------------------------------------- run grids
 @dataclass(frozen=True)
 class Run:
@@ -169,13 +189,27 @@ def variants(base: Mapping[str, Any], grid: Mapping[str, Mapping[str, Any]], see
     return runs
 
 
+#: config hash -> provenance of the run last loaded for it in this process (``df.attrs["provenance"]``,
+#: see :func:`qafl_core.runner.load_or_run`); :func:`write_metrics` records it in the manifest.
+PROVENANCE: dict[str, dict[str, Any]] = {}
+
+
 def run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None = None) -> list[pd.DataFrame]:
     """Results of every config, from the cache where possible.
 
     With ``QAFL_BACKEND`` set (``qafl reproduce --backend ray``) the grid goes to
     ``qafl_core.backend.run_many`` (``QAFL_RAY_ADDRESS`` = the cluster); otherwise runs are done here,
-    one after another, each cached by its config hash so re-plotting never re-trains.
+    one after another, each cached by its run identity so re-plotting never re-trains.  Either way the
+    provenance of each run (commit, code fingerprint, cached or not) is kept for :func:`write_metrics`.
     """
+    frames = _run_grid(configs, cache_dir)
+    for cfg, df in zip(configs, frames):
+        if "provenance" in df.attrs:
+            PROVENANCE[cfg.config_hash()] = dict(df.attrs["provenance"])
+    return frames
+
+
+def _run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None) -> list[pd.DataFrame]:
     threads = os.environ.get("QAFL_NUM_THREADS")
     if threads:
         import torch
@@ -333,7 +367,13 @@ def model_labels(runs: Sequence[Run]) -> dict[str, str]:
 def write_metrics(output_dir: str | os.PathLike, figure: str, headline: Mapping[str, Any],
                   datasets: Sequence[DatasetChoice], runs: Sequence[Run | RunConfig], parameters: Mapping[str, Any],
                   profile: str = "interactive", files: Sequence[str | os.PathLike] = ()):
-    """``<figure>.metrics.json`` + manifest entry; see :func:`qafl_core.manifest.write_metrics`."""
+    """``<figure>.metrics.json`` + manifest entry; see :func:`qafl_core.manifest.write_metrics`.
+
+    Each run is listed with the provenance :func:`run_grid` recorded for it in this process; a run not
+    loaded here is listed by its config hash with ``cached: null`` and no commit."""
     from qafl_core.manifest import write_metrics as _write
 
-    return _write(output_dir, figure, headline, datasets, config_hashes(runs), parameters, profile, files)
+    hashes = config_hashes(runs)
+    prov = [PROVENANCE.get(h, {"config_hash": h, "identity": None, "git_commit": None, "code_fingerprint": None,
+                               "data_fingerprint": None, "cached": None}) for h in hashes]
+    return _write(output_dir, figure, headline, datasets, hashes, parameters, profile, files, runs=prov)

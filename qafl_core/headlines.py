@@ -5,6 +5,12 @@ dict; the claims they are compared with are in docs/experiments.md#figures-of-th
 follows the ordering of s", 27 % zero-step contacts of slow clients; Fig. 2: saturation after 10 bits;
 Fig. 4: QuAFL faster than FedAvg in simulated time).  Accuracies are fractions in [0, 1]; a "final"
 test metric is the mean of a run's last :data:`FINAL_WINDOW` evaluations.
+
+Time-to-target numbers cannot mislead (issue 11, item 10): a target at or below the *starting accuracy* (the
+best accuracy of any run's untrained model, its evaluation at t = 0) is refused — ``time_to_target`` is
+``null`` and ``time_to_target_refused`` says why — because every run "reaches" it at once; and a speed-up is
+reported only as a :func:`speedup` record that carries both final accuracies and how many runs reached the
+target, with ``value`` ``null`` (and a reason) unless every run of both groups reached it.
 """
 from __future__ import annotations
 
@@ -52,6 +58,61 @@ def _ratio(a: float | None, b: float | None) -> float:
     return a / b if a is not None and b is not None and b > 0 and math.isfinite(a) and math.isfinite(b) else math.nan
 
 
+def starting_accuracy(results: pd.DataFrame) -> float:
+    """The best test accuracy of any run's first evaluation (its untrained model, t = 0)."""
+    return float(analysis.first_values(results)["value"].max())
+
+
+def target_refusal(results: pd.DataFrame, target: float) -> str | None:
+    """Why ``target`` cannot be a time-to-target threshold (None when it can): at or below the starting accuracy,
+    some run "reaches" it before learning anything."""
+    start = starting_accuracy(results)
+    if target <= start:
+        return (f"target accuracy {100 * target:.1f} % is at or below the starting accuracy {100 * start:.1f} % "
+                f"(the untrained model's, t = 0): time to reach it measures nothing; set a higher target_accuracy")
+    return None
+
+
+def time_to_target(results: pd.DataFrame, target: float, by: str = "label") -> dict[str, Any]:
+    """``target_accuracy``, ``starting_accuracy``, ``time_to_target`` (:func:`time_to`, or None when refused)
+    and ``time_to_target_refused`` (the reason, or None): the block every figure's headline carries."""
+    refused = target_refusal(results, target)
+    return {"target_accuracy": target, "starting_accuracy": starting_accuracy(results),
+            "time_to_target": None if refused else time_to(results, target, by), "time_to_target_refused": refused}
+
+
+def speedup(results: pd.DataFrame, fast: str, slow: str, target: float, by: str = "label") -> dict[str, Any]:
+    """``slow``'s time to ``target`` over ``fast``'s, with both final accuracies beside it.
+
+    ``value`` is None (``reason`` says why) when the target is refused (:func:`target_refusal`) or when either
+    group did not reach it in every run (means over different subsets of seeds are not comparable).
+    ``note`` flags a group that gets to the target sooner but finishes lower.
+    """
+    acc = means(results)
+    out: dict[str, Any] = {"value": None, "of": fast, "over": slow, "target_accuracy": target,
+                           "final_accuracy": {fast: acc.get(fast, math.nan), slow: acc.get(slow, math.nan)},
+                           "time_to_target": {fast: None, slow: None}, "reached": {fast: None, slow: None},
+                           "reason": target_refusal(results, target), "note": ""}
+    if out["reason"] is not None:
+        return out
+    ttt = time_to(results, target, by)
+    for g in (fast, slow):
+        t = ttt.get(g, {})
+        out["time_to_target"][g] = t.get("time_mean")
+        out["reached"][g] = f"{int(t.get('reached', 0))}/{int(t.get('runs', 0))}"
+    short = [g for g in (fast, slow) if not ttt.get(g) or ttt[g]["reached"] < ttt[g]["runs"]]
+    if short:
+        out["reason"] = ("not every run reached the target: " +
+                         ", ".join(f"{g} {out['reached'][g] or '0/0'}" for g in short))
+        return out
+    out["value"] = _ratio(out["time_to_target"][slow], out["time_to_target"][fast])
+    first, second = (fast, slow) if out["value"] >= 1 else (slow, fast)
+    if acc.get(first, math.nan) < acc.get(second, math.nan):
+        out["note"] = (f"{first} reaches {100 * target:.1f} % sooner but finishes lower: {100 * acc[first]:.1f} % "
+                       f"against {100 * acc[second]:.1f} %")
+    return out
+
+
 def fig1(results: pd.DataFrame, peers: Sequence[int], labels: Sequence[str], target: float | None,
          target_fraction: float) -> dict[str, Any]:
     """Fig. 1: final accuracy per s, whether it follows the order of s, zero-step contacts of slow clients."""
@@ -65,7 +126,7 @@ def fig1(results: pd.DataFrame, peers: Sequence[int], labels: Sequence[str], tar
         "steps_per_contact_slow": means(results, "steps_per_contact_slow", "sim"),
         "steps_per_contact_fast": means(results, "steps_per_contact_fast", "sim"),
         "decode_failures": means(results, "decode_failures", "sim"),
-        "target_accuracy": tgt, "time_to_target": time_to(results, tgt),
+        **time_to_target(results, tgt),
     }
 
 
@@ -100,12 +161,10 @@ def fig3(results: pd.DataFrame, labels: Sequence[str]) -> dict[str, Any]:
 
 
 def fig4(results: pd.DataFrame, quafl: str, fedavg: str, target: float | None, target_fraction: float) -> dict:
-    """Fig. 4: final accuracy, time to a target accuracy, and FedAvg's time over QuAFL's (speed-up)."""
+    """Fig. 4: final accuracy, time to a target accuracy, and FedAvg's time over QuAFL's (a :func:`speedup`)."""
     tgt = target_accuracy(results, target, target_fraction)
-    ttt = time_to(results, tgt)
-    q, f = ttt.get(quafl, {}).get("time_mean"), ttt.get(fedavg, {}).get("time_mean")
-    return {"final_accuracy": table(results), "target_accuracy": tgt, "time_to_target": ttt,
-            "speedup_quafl_over_fedavg": _ratio(f, q)}
+    return {"final_accuracy": table(results), **time_to_target(results, tgt),
+            "speedup_quafl_over_fedavg": speedup(results, quafl, fedavg, tgt)}
 
 
 def comparison(results: pd.DataFrame, targets: dict[str, float | None], target_fraction: float) -> dict[str, Any]:
@@ -114,7 +173,7 @@ def comparison(results: pd.DataFrame, targets: dict[str, float | None], target_f
     for name, part in results.groupby("dataset", sort=False):
         tgt = target_accuracy(part, targets.get(name) if targets else None, target_fraction)
         out[str(name)] = {"final_accuracy": table(part), "final_loss": table(part, "loss"),
-                          "target_accuracy": tgt, "time_to_target": time_to(part, tgt)}
+                          **time_to_target(part, tgt)}
     return out
 
 
@@ -123,16 +182,22 @@ def tab1_frame(results: pd.DataFrame, targets: dict[str, float | None], target_f
     rows = []
     for name, part in results.groupby("dataset", sort=False):
         tgt = target_accuracy(part, targets.get(name) if targets else None, target_fraction)
+        refused = target_refusal(part, tgt)
         per_run = analysis.time_to_target(part, tgt)
         s = analysis.summarize_time_to_target(per_run)
+        if refused:  # no time or bits to a target every run starts at
+            s = s.assign(time_mean=math.nan, time_std=math.nan, mbit_mean=math.nan, mbit_std=math.nan, reached=0)
         fin = analysis.final(part, window=FINAL_WINDOW).set_index("label")
         for _, r in s.iterrows():
             rows.append({"dataset": name, "algorithm": r["label"], "target_accuracy": tgt, **r.drop("label").to_dict(),
-                         "final_accuracy_mean": fin.loc[r["label"], "mean"], "final_accuracy_std": fin.loc[r["label"], "std"]})
+                         "final_accuracy_mean": fin.loc[r["label"], "mean"], "final_accuracy_std": fin.loc[r["label"], "std"],
+                         "target_refused": refused or ""})
     return pd.DataFrame(rows)
 
 
-def _fmt(mean: float, std: float, digits: int = 0) -> str:
+def _fmt(mean: float, std: float, digits: int = 0, refused: bool = False) -> str:
+    if refused:
+        return "—"
     if mean is None or not math.isfinite(mean):
         return "not reached"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None and math.isfinite(std) else f"{mean:.{digits}f}"
@@ -142,11 +207,17 @@ def tab1_markdown(frame: pd.DataFrame) -> str:
     """Table 1 as Markdown (time and Mbit to target, mean ± std over the seeds that reached it)."""
     lines = ["| dataset | algorithm | target acc. | time to target | Mbit to target | reached | final acc. (%) |",
              "|---|---|---|---|---|---|---|"]
+    notes = []
     for _, r in frame.iterrows():
+        refused = r.get("target_refused") or ""
+        if refused and refused not in notes:
+            notes.append(refused)
+        reached = "refused¹" if refused else f"{int(r['reached'])}/{int(r['runs'])}"
         lines.append(f"| {r['dataset']} | {r['algorithm']} | {100 * r['target_accuracy']:.1f} % | "
-                     f"{_fmt(r['time_mean'], r['time_std'])} | {_fmt(r['mbit_mean'], r['mbit_std'])} | "
-                     f"{int(r['reached'])}/{int(r['runs'])} | "
+                     f"{_fmt(r['time_mean'], r['time_std'], refused=bool(refused))} | "
+                     f"{_fmt(r['mbit_mean'], r['mbit_std'], refused=bool(refused))} | {reached} | "
                      f"{_fmt(100 * r['final_accuracy_mean'], 100 * r['final_accuracy_std'], 1)} |")
+    lines += [f"\n¹ {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 

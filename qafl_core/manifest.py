@@ -4,7 +4,9 @@ docs/design.md#figures-and-the-manifest: ``figures/`` holds the regenerated figu
 notebook, profile, config hashes, commit).  A notebook writes its own metrics file and manifest entry (so running it by hand in Jupyter
 records it too); ``qafl reproduce`` then adds the execution status, wall time and executed-notebook
 path.  Several notebooks may finish at once (``--jobs``), so the manifest is updated under a file lock
-and replaced atomically.  Values are written as strict JSON: NaN and infinities become ``null``.
+and replaced atomically (:func:`qafl_core.store.atomic_write`).  Values are written as strict JSON: NaN and
+infinities become ``null``.  Each figure's entry lists its runs (``runs``): config hash, run identity,
+the commit and code fingerprint that computed each, and whether it came from the run cache.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from qafl_core.store import atomic_write
 
 MANIFEST = "MANIFEST.json"
 
@@ -86,15 +90,13 @@ def update_manifest(output_dir: str | os.PathLike, name: str, entry: Mapping[str
         figures = data.setdefault("figures", {})
         figures[name] = {**figures.get(name, {}), **jsonable(dict(entry))}
         data["updated"] = now()
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
     return path
 
 
 def write_metrics(output_dir: str | os.PathLike, figure: str, headline: Mapping[str, Any], datasets: Sequence,
                   config_hashes: Sequence[str], parameters: Mapping[str, Any], profile: str = "interactive",
-                  files: Sequence[str | os.PathLike] = ()) -> Path:
+                  files: Sequence[str | os.PathLike] = (), runs: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write ``<output_dir>/<figure>.metrics.json`` and the figure's ``MANIFEST.json`` entry.
 
     Args:
@@ -106,6 +108,8 @@ def write_metrics(output_dir: str | os.PathLike, figure: str, headline: Mapping[
         parameters: the notebook's parameter values.
         profile: the parameter profile (``smoke``, ``paper``; ``interactive`` when run by hand).
         files: the figure files written.
+        runs: per run, its provenance (``config_hash``, ``identity``, ``git_commit``, ``code_fingerprint``,
+            ``data_fingerprint``, ``cached``; see :func:`qafl_core.runner.load_or_run`), in run order.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,12 +120,10 @@ def write_metrics(output_dir: str | os.PathLike, figure: str, headline: Mapping[
         "embedded_fallback": any(c.get("embedded_fallback") for c in choices),
         "datasets": choices, "headline": headline, "num_runs": len(config_hashes),
         "config_hashes": sorted(set(config_hashes)), "files": [Path(f).name for f in files],
-        "git_commit": git_commit(), "created": now(),
+        "git_commit": git_commit(), "created": now(), "runs": [dict(r) for r in runs],
     }
     path = out / f"{figure}.metrics.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(record), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(jsonable(record), indent=2) + "\n").encode())
     entry = {k: v for k, v in record.items() if k != "headline"}
     update_manifest(out, figure, {**entry, "parameters": parameters, "metrics": path.name})
     return path

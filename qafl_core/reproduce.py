@@ -1,20 +1,27 @@
 """``qafl reproduce``: execute the figure notebooks with papermill and collect figures + manifest.
 
 ``qafl reproduce --profile smoke|paper [--only NAME ...] [--jobs N] [--backend local|ray] [--address ADDR]
-[--output-dir figures]`` runs every notebook in ``notebooks/`` (docs/design.md#who-uses-it: the batch user)
+[--output-dir DIR]`` runs every notebook in ``notebooks/`` (docs/design.md#who-uses-it: the batch user)
 with the parameters of ``notebooks/params/<notebook>.<profile>.yaml`` into the git-ignored
-``notebooks/executed/``.  It keeps going when a notebook fails, prints a table of what ran, how long it
-took, which dataset each figure used, what failed (the failing cell's ``ename: evalue``) and where the
-figures are, updates ``<output-dir>/MANIFEST.json``, and exits non-zero if anything failed.
+``notebooks/executed/``.  Figures go to ``figures/<profile>/`` when every selected notebook finds its subject
+data, else to ``figures/<profile>-embedded/`` (decided before running; :mod:`qafl_core.outputs`), so no run
+replaces the figures of another profile or data choice.  It keeps going when a notebook fails, prints a table
+of what ran, how long it took, which dataset each figure used, what failed (the failing cell's ``ename:
+evalue``) and where the figures are, updates the folder's ``MANIFEST.json``, and exits non-zero if anything
+failed.
 
 Runs are shared between notebooks through the hash-keyed run cache (``$QAFL_CACHE_DIR``), so notebooks that
 reuse another's runs (tab1 <- fig5, fig3 <- fig1) are scheduled after it; ``--jobs N`` executes up to N
 notebooks at once (each in its own kernel), with ``QAFL_NUM_THREADS`` = cores / N torch threads per kernel.
+
+The module is longer than most (~390 lines): it is the whole batch driver (discovery, profiles, kernels,
+scheduling, output folders, report), kept together so that the command reads top to bottom.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -24,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from qafl_core import manifest
+from qafl_core import figures, manifest, outputs
 
 #: Paper order; notebooks found in the folder but not listed here run after these, alphabetically.
 ORDER = ("fig1_peers", "fig2_bits", "fig3_averaging", "fig4_vs_fedavg", "fig5_vs_fedbuff",
@@ -54,11 +61,16 @@ def default_notebooks_dir() -> Path:
     return here if here.is_dir() else Path.cwd() / "notebooks"
 
 
+#: a figure notebook's name: letters, digits, ``_`` and ``-``; so ``_make_notebooks``, ``x.nbconvert`` (left by
+#: ``jupyter nbconvert --execute``) and ``x.smoke`` (an executed copy) are never taken for notebooks to run
+_NOTEBOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
 def discover(notebooks_dir: Path) -> list[str]:
-    """Notebook names in ``notebooks_dir`` (``_*`` and ``executed/`` excluded), paper order first."""
+    """Notebook names in ``notebooks_dir`` (``_*``, executed copies and sub-folders excluded), paper order first."""
     if not notebooks_dir.is_dir():
         raise FileNotFoundError(f"{notebooks_dir}: no notebooks directory (use --notebooks-dir)")
-    found = sorted(p.stem for p in notebooks_dir.glob("*.ipynb") if not p.name.startswith("_"))
+    found = sorted(p.stem for p in notebooks_dir.glob("*.ipynb") if _NOTEBOOK_NAME.fullmatch(p.stem))
     return [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]
 
 
@@ -68,9 +80,15 @@ def load_profile(notebooks_dir: Path, name: str, profile: str) -> dict[str, Any]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no '{profile}' profile for notebook {name}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); save the profile as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        from qafl_core.config import yaml_problem
+
+        raise ValueError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a profile (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(data).__name__}")
     return data
@@ -205,6 +223,13 @@ def _read_metrics(output_dir: Path, name: str, since: float) -> tuple[str, list[
     return "; ".join(labels), data.get("files", [])
 
 
+def _fell_back(output_dir: Path, name: str) -> bool:
+    import json
+
+    path = output_dir / f"{name}.metrics.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("embedded_fallback"))
+
+
 def format_table(outcomes: Sequence[Outcome]) -> str:
     """The closing table: notebook, status, wall time, dataset used, and the figure files or the error."""
     rows = [("notebook", "status", "time", "dataset", "figures / error")]
@@ -229,20 +254,29 @@ def reproduce(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"--only: unknown notebook(s) {', '.join(unknown)}; available: {', '.join(available)}")
     repo_root = nb_dir.parent
-    output_dir = Path(args.output_dir).resolve() if args.output_dir else repo_root / "figures"
     executed_dir = Path(args.executed_dir).resolve() if args.executed_dir else nb_dir / "executed"
     profiles = {}
     for n in names:  # validate every profile before running anything
         path = nb_dir / "params" / f"{n}.{args.profile}.yaml"
         params = load_profile(nb_dir, n, args.profile)
         check_parameters(nb_dir / f"{n}.ipynb", params, path)
-        profiles[n] = {**params, "profile": args.profile, "output_dir": str(output_dir)}
+        profiles[n] = params
+    fallbacks = plan_fallbacks(profiles)
+    if args.output_dir:
+        output_dir = Path(args.output_dir).resolve()
+    else:
+        output_dir = repo_root / "figures" / outputs.profile_folder(args.profile, bool(fallbacks))
+    for n in names:
+        profiles[n] = {**profiles[n], "profile": args.profile, "output_dir": str(output_dir)}
     if args.list:
         for n in names:
             print(f"{n}: notebooks/{n}.ipynb, params/{n}.{args.profile}.yaml")
+        print(f"figures -> {output_dir}" + (f" ({_fallback_note(fallbacks)})" if fallbacks else ""))
         return 0
     output_dir.mkdir(parents=True, exist_ok=True)
     executed_dir.mkdir(parents=True, exist_ok=True)
+    if fallbacks and not args.output_dir:
+        print(f"qafl reproduce: {_fallback_note(fallbacks)}", flush=True)
     saved = dict(os.environ)
     os.environ.update(kernel_environment(repo_root, args.jobs, args.backend, args.address))  # kernels inherit it
     try:
@@ -250,6 +284,22 @@ def reproduce(args: argparse.Namespace) -> int:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def plan_fallbacks(profiles: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """``{notebook: why}`` for every notebook whose profile would make it fall back to embedded data."""
+    out = {}
+    for name, params in profiles.items():
+        fell = [c for c in figures.planned_choices(name, params) if c.fallback]
+        if fell:
+            out[name] = "; ".join(dict.fromkeys(r for c in fell for r in c.reason.split("; ")))
+    return out
+
+
+def _fallback_note(fallbacks: dict[str, str]) -> str:
+    """One line: which notebooks fall back, and why (each reason once)."""
+    reasons = "; ".join(dict.fromkeys(r for why in fallbacks.values() for r in why.split("; ")))
+    return f"embedded fallback data for {', '.join(fallbacks)} ({reasons})"
 
 
 def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, nb_dir: Path, output_dir: Path,
@@ -272,6 +322,10 @@ def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, nb_dir:
 
     def finished(o: Outcome) -> None:
         o.dataset, o.files = _read_metrics(output_dir, o.name, started)
+        if o.ok and not args.output_dir and _fell_back(output_dir, o.name) and not output_dir.name.endswith("-embedded"):
+            # the data went away while running: these figures do not belong in a real-data folder
+            o.ok, o.error = False, (f"{o.name} used embedded fallback data, planned to use real data; its figures in "
+                                    f"{output_dir} are not from real data: rerun")
         params = {**profiles[o.name], "output_dir": _relative(Path(profiles[o.name]["output_dir"]), repo_root)}
         entry = {"status": "ok" if o.ok else "failed", "wall_time_s": round(o.seconds, 1), "profile": args.profile,
                  "executed_notebook": _relative(o.executed, repo_root), "parameters": params,
@@ -315,7 +369,8 @@ def register(subparsers) -> None:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="where each notebook's runs execute (ray: qafl_core.backend.run_many)")
     p.add_argument("--address", help="Ray cluster address for --backend ray (default: a local Ray)")
-    p.add_argument("--output-dir", help="figures, metrics and MANIFEST.json (default: <repo>/figures)")
+    p.add_argument("--output-dir", help="figures, metrics and MANIFEST.json (default: <repo>/figures/<profile>, or "
+                   "<repo>/figures/<profile>-embedded when a notebook falls back to embedded data)")
     p.add_argument("--executed-dir", help="executed notebooks (default: notebooks/executed, git-ignored)")
     p.add_argument("--notebooks-dir", help="folder with the notebooks and params/ (default: the checkout's)")
     p.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds (default: none)")

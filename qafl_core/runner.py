@@ -5,17 +5,22 @@ columns of :data:`COLUMNS`.  ``split`` is ``test`` for server-model metrics on t
 ``clients`` for LEAF's per-client summary of the same evaluation (10th/50th/90th percentiles over clients of
 each client's accuracy and loss: ``accuracy_p10`` ... ``loss_p90``),
 ``sim`` for simulator statistics (decode failures, zero-step contacts, steps per contact) and
-``status`` for the end state (``diverged`` with the time it happened).
+``status`` for the end state (``diverged`` or ``interrupted``, with the time it happened).
 
-A run writes ``results.csv`` and ``config.json`` into its output directory; with ``checkpoint_every``
-it also keeps ``checkpoint.pt``, written atomically (temporary file, then rename), holding the whole
-simulation state — models, clocks, every generator state and the results so far — so that
-``resume=True`` continues bit for bit where an interrupted run stopped.
+A run with an output directory writes, through :mod:`qafl_core.store` (atomically, under the directory's
+lock): ``config.json`` (after validation), ``results.csv`` and, last, its completion record ``done.json``.
+With ``checkpoint_every`` it also keeps ``checkpoint.pt``: the whole simulation state — models, clocks,
+every generator state and the results so far, as tensors and plain containers — and the run identity
+(:mod:`qafl_core.fingerprint`), so that ``resume=True`` continues bit for bit, and only the same run.
+
+The run cache (:func:`load_or_run`: verified results keyed by the run identity) is in :mod:`qafl_core.cache`.  This module is longer than
+most (~380 lines) because the loop, its checkpoints and its interruption handling belong together.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
-import functools
+import hashlib
 import json
 import logging
 import math
@@ -26,21 +31,35 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
+from qafl_core import fingerprint, store
 from qafl_core.config import RunConfig
+from qafl_core.limits import check_memory
 
 log = logging.getLogger("qafl")
 
 COLUMNS = ["algorithm", "dataset", "model", "seed", "quantizer", "bits", "clients_per_round", "num_clients",
            "time", "server_steps", "local_steps", "bits_up", "bits_down", "split", "metric", "value", "config_hash"]
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+CHECKPOINT = "checkpoint.pt"
 
 
 # ---------------------------------------------------------------------- building blocks
-@functools.lru_cache(maxsize=8)
+_LOADED: collections.OrderedDict = collections.OrderedDict()
+
+
 def _load_dataset_cached(name: str, root: str | None, options_json: str):
+    """The loaded dataset, kept for the process (8 most recent), keyed also by the stat of its source
+    files: changed files are loaded again, so a run never trains on data other than what it is filed under."""
     from qafl_core.data.registry import load_dataset
 
-    return load_dataset(name, root=root, **json.loads(options_json))
+    sources = json.dumps(fingerprint.data_sources(name, root, json.loads(options_json)), sort_keys=True)
+    key = (name, root, options_json, hashlib.sha256(sources.encode()).hexdigest())
+    if key not in _LOADED:
+        _LOADED[key] = load_dataset(name, root=root, **json.loads(options_json))
+        while len(_LOADED) > 8:
+            _LOADED.popitem(last=False)
+    _LOADED.move_to_end(key)
+    return _LOADED[key]
 
 
 def build_dataset(cfg: RunConfig):
@@ -53,9 +72,14 @@ def build_dataset(cfg: RunConfig):
     ``cfg.partition`` (:mod:`qafl_core.data.partition`) re-deals the samples: on LEAF datasets the selected
     clients' samples go to as many new clients; on the vision datasets (loaded as one shard) the whole
     training and test sets go to ``num_clients`` clients (default 100).
+
+    Only the config keys in :data:`qafl_core.fingerprint.DATA_KEYS` are visible here (any other raises
+    AttributeError): the data fingerprint is cached under those keys, so a new key that changes the data
+    must be added there.
     """
     from qafl_core.data.partition import repartition
 
+    cfg = fingerprint.data_view(cfg)
     opts = dict(cfg.dataset_options)
     subset_seed = _int_option(opts.pop("subset_seed", 0), "subset_seed")
     partition_seed = _int_option(opts.pop("partition_seed", subset_seed), "partition_seed")
@@ -119,6 +143,7 @@ def build_task(cfg: RunConfig):
                                  f"valid: {', '.join(valid)}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"dataset_options.{key}: expected a number, got {value!r}")
+        check_memory(cfg, cfg.num_clients, int(opts.get("dim", 20)))  # refuse before the centres are allocated
         return QuadraticTask(num_clients=cfg.num_clients, seed=cfg.seed, **opts)
     from qafl_core.local import NeuralTask
 
@@ -132,6 +157,7 @@ def build_simulation(cfg: RunConfig, task=None):
     from qafl_core.timing import ClientClocks
 
     task = task if task is not None else build_task(cfg)
+    check_memory(cfg, task.num_clients, task.dim)  # refuse before the clients' models are allocated
     quantizer = make_quantizer(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps, bucket=cfg.qsgd_bucket,
                                segments=task.segments)
     clocks = ClientClocks(task.num_clients, cfg.timing, cfg.slow_fraction, cfg.fast_mean, cfg.slow_mean, cfg.seed,
@@ -148,13 +174,13 @@ def as_config(config: RunConfig | Mapping[str, Any]) -> RunConfig:
 # ---------------------------------------------------------------------- the loop
 class _Recorder:
     def __init__(self, cfg: RunConfig, num_clients: int):
-        self.cfg, self.rows = cfg, []
+        self.cfg, self.rows, self.committed = cfg, [], 0
         self.fixed = {"algorithm": cfg.algorithm, "dataset": cfg.dataset, "model": model_name(cfg), "seed": cfg.seed, "quantizer": cfg.quantizer,
                       "bits": cfg.bits, "clients_per_round": cfg.clients_per_round, "num_clients": num_clients,
                       "config_hash": cfg.config_hash()}
 
-    def add(self, sim, split: str, metrics: Mapping[str, float]) -> None:
-        base = {**self.fixed, **sim.counters()}
+    def add(self, sim, split: str, metrics: Mapping[str, float], counters: Mapping[str, Any] | None = None) -> None:
+        base = {**self.fixed, **(counters if counters is not None else sim.counters())}
         for k, v in metrics.items():
             self.rows.append({**base, "split": split, "metric": k, "value": float(v)})
 
@@ -174,6 +200,7 @@ def _evaluate(sim, rec: _Recorder) -> bool:
     if per_client:
         rec.add(sim, "clients", per_client)
     rec.add(sim, "sim", sim.sim_metrics())
+    rec.committed = len(rec.rows)  # an interruption keeps whole evaluations only
     return not _diverged(rec, metrics)
 
 
@@ -197,26 +224,53 @@ def run(config: RunConfig | Mapping[str, Any], out_dir: str | os.PathLike | None
 
     Args:
         config: a :class:`RunConfig` or a flat mapping of its keys.
-        out_dir: where to write ``results.csv``, ``config.json`` (and ``checkpoint.pt``); None keeps
-            everything in memory.
-        resume: continue from ``out_dir/checkpoint.pt`` (an error if it is missing, corrupt or was
-            written for a different configuration).
+        out_dir: where to write ``results.csv``, ``done.json``, ``config.json`` (and ``checkpoint.pt``);
+            None keeps everything in memory.  The directory is locked for the run: a second run on it is
+            refused (:class:`qafl_core.store.Locked`, a ValueError naming the directory and the holder's pid).
+        resume: continue from ``out_dir/checkpoint.pt`` (an error if it is missing, corrupt, not plain data
+            or was written by another run: other config, other data or other code).  A refused resume
+            changes nothing in ``out_dir``.
         checkpoint_every: simulated-time interval between checkpoints (overrides the config's).
 
     Returns:
-        The long-format results table (:data:`COLUMNS`).
+        The long-format results table (:data:`COLUMNS`).  Interrupted (Ctrl-C) without checkpoints, the
+        evaluations done so far are kept in ``results.csv`` with a ``status``/``interrupted`` row before
+        the KeyboardInterrupt propagates.
     """
     cfg = as_config(config)
     every = checkpoint_every if checkpoint_every is not None else cfg.checkpoint_every
+    cfg.check_intervals(every)  # a run that would evaluate or checkpoint without end is refused before it starts
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "config_hash": cfg.config_hash()}, indent=2))
     if (every or resume) and out is None:
         raise ValueError("checkpoint_every/resume: an output directory is needed to keep the checkpoint")
-    sim = build_simulation(cfg)
+    sim = build_simulation(cfg)  # every check that needs the data happens before anything is written
+    if out is None:
+        return _execute(cfg, sim, None, None, None, every)
+    ident = fingerprint.run_identity(cfg)
+    ckpt = out / CHECKPOINT
+    seen = _stat(ckpt) if resume else None
+    state = _load_checkpoint(ckpt, cfg, ident) if resume else None
+    with store.DirLock(out).acquire(wait=0):
+        if resume and _stat(ckpt) != seen:  # replaced between our read and the lock: read it again
+            state = _load_checkpoint(ckpt, cfg, ident)
+        return _execute(cfg, sim, out, ident, state, every)
+
+
+def _stat(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _execute(cfg: RunConfig, sim, out: Path | None, ident, state: dict | None, every: float | None) -> pd.DataFrame:
+    """The run itself, with ``out`` (if any) locked by the caller."""
+    if out is not None:
+        store.unfinish(out)  # from here on the directory's results are being replaced
+        store.atomic_write_json(out / "config.json", {**cfg.to_dict(), **ident.to_dict()})
     with _threads(cfg.num_threads if cfg.num_threads is not None else (1 if sim.task.dim < 200_000 else None)):
-        return _loop(cfg, sim, out, resume, every)
+        return _loop(cfg, sim, out, ident, state, every)
 
 
 @contextlib.contextmanager
@@ -232,21 +286,26 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _loop(cfg: RunConfig, sim, out: Path | None, resume: bool, every: float | None) -> pd.DataFrame:
+def _loop(cfg: RunConfig, sim, out: Path | None, ident, state: dict | None, every: float | None) -> pd.DataFrame:
     from qafl_core.local import Diverged
 
     rec = _Recorder(cfg, sim.n)
     next_eval, next_ckpt = 0.0, every
-    if resume:
-        next_eval, next_ckpt = _load_checkpoint(out / "checkpoint.pt", cfg, sim, rec)
+    if state is not None:
+        sim.load_state_dict(state["sim"])
+        rec.rows = list(state["rows"])
+        rec.committed = len(rec.rows)
+        next_eval, next_ckpt = state["next_eval"], state["next_ckpt"]
 
     bar = _progress(cfg)
-    shown = 0.0
+    shown, status = 0.0, "ok"
+    last = sim.counters()  # the counters after the last whole step (what an interruption reports)
     try:
         while True:
             if sim.time >= next_eval or sim.done():
                 if not _evaluate(sim, rec):
                     rec.add(sim, "status", {"diverged": 1.0})
+                    status = "diverged"
                     log.warning("run %s diverged at t=%.1f (test metric non-finite, or test loss above "
                                 "divergence_factor x its start)", cfg.config_hash(), sim.time)
                     break
@@ -257,29 +316,67 @@ def _loop(cfg: RunConfig, sim, out: Path | None, resume: bool, every: float | No
             if every and sim.time >= next_ckpt:
                 while next_ckpt <= sim.time:
                     next_ckpt += every
-                _save_checkpoint(out / "checkpoint.pt", cfg, sim, rec, next_eval, next_ckpt)
+                _save_checkpoint(out / CHECKPOINT, cfg, sim, rec, next_eval, next_ckpt, ident)
             try:
                 sim.step()
                 if not bool(torch.isfinite(sim.server).all()):
                     raise Diverged("the server model became non-finite")
             except (Diverged, ValueError) as exc:
-                # a quantizer refuses non-finite input with a ValueError: that is divergence, not a user error
-                if not isinstance(exc, Diverged) and _all_finite(sim):
+                # a quantizer refuses non-finite or out-of-range input with a ValueError: divergence, not a user error
+                if not isinstance(exc, Diverged) and not _numerical_fault(exc, sim):
                     raise
                 rec.add(sim, "status", {"diverged": 1.0})
+                status = "diverged"
                 log.warning("run %s diverged at t=%.1f: %s", cfg.config_hash(), sim.time, exc)
                 break
+            last = sim.counters()
             if bar is not None:
                 now = min(sim.time, cfg.time_limit)
                 bar.update(now - shown)
                 shown = now
+    except KeyboardInterrupt:
+        # with checkpoints the checkpoint is the record of progress; without, keep what was evaluated
+        if out is not None and not every:
+            del rec.rows[rec.committed:]
+            rec.add(sim, "status", {"interrupted": 1.0}, counters=last)
+            _finish(out, ident, rec.frame(), "interrupted", last["time"])
+        raise
     finally:
         if bar is not None:
             bar.close()
     df = rec.frame()
     if out is not None:
-        df.to_csv(out / "results.csv", index=False)
+        _finish(out, ident, df, status, sim.time)
     return df
+
+
+def _finish(out: Path, ident, df: pd.DataFrame, status: str, time: float) -> dict:
+    """``results.csv``, then the completion record."""
+    return store.write_entry(out, df, {**ident.to_dict(), "status": status, "time": float(time),
+                                       "git_commit": _git_commit()})
+
+
+_COMMIT: list = []
+
+
+def _git_commit() -> str | None:
+    """The commit of the code this process runs (once per process; ``+dirty`` with local changes)."""
+    if not _COMMIT:
+        from qafl_core.manifest import git_commit
+
+        _COMMIT.append(git_commit())
+    return _COMMIT[0]
+
+
+#: What the quantizers say when they refuse a vector for its values (non-finite, or beyond the lattice's integer
+#: range |x|/eps >= 2**62): a numerical fault of the run.  tests/test_bad_input.py checks every quantizer's message.
+QUANTIZER_RANGE_ERROR = "needs finite values"
+
+
+def _numerical_fault(exc: ValueError, sim) -> bool:
+    """Whether a ValueError raised inside a server step is the run diverging (never a configuration error:
+    configs are validated before the run starts)."""
+    return QUANTIZER_RANGE_ERROR in str(exc) or not _all_finite(sim)
 
 
 def _all_finite(sim) -> bool:
@@ -298,53 +395,46 @@ def _progress(cfg: RunConfig):
 
 
 # ---------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, cfg: RunConfig, sim, rec: _Recorder, next_eval: float, next_ckpt: float) -> None:
-    state = {"version": CHECKPOINT_VERSION, "config_hash": cfg.config_hash(), "algorithm": cfg.algorithm,
+def _save_checkpoint(path: Path, cfg: RunConfig, sim, rec: _Recorder, next_eval: float, next_ckpt: float,
+                     ident) -> None:
+    state = {"version": CHECKPOINT_VERSION, **ident.to_dict(), "algorithm": cfg.algorithm,
              "sim": sim.state_dict(), "rows": rec.rows, "next_eval": next_eval, "next_ckpt": next_ckpt}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    store.atomic_save_tensors(path, state)
 
 
-def _load_checkpoint(path: Path, cfg: RunConfig, sim, rec: _Recorder) -> tuple[float, float | None]:
+def _load_checkpoint(path: Path, cfg: RunConfig, ident) -> dict:
+    """The checkpoint at ``path``, checked to belong to the run ``ident`` (ValueError naming the file if not)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from (run with --checkpoint-every first)")
-    try:
-        state = torch.load(path, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise ValueError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from None
+    state = store.load_tensors(path, "checkpoint")
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: not a checkpoint of this version of the suite")
-    if state.get("config_hash") != cfg.config_hash():
-        raise ValueError(f"{path}: checkpoint was written for config {state.get('config_hash')}, not for this config "
-                         f"{cfg.config_hash()}; use the same config or another output directory")
-    sim.load_state_dict(state["sim"])
-    rec.rows = list(state["rows"])
-    return state["next_eval"], state["next_ckpt"]
+    other = []
+    if state.get("config_hash") != ident.config_hash:
+        other.append(f"config {state.get('config_hash')}, not for this config {ident.config_hash}")
+    if state.get("data_fingerprint") != ident.data_fingerprint:
+        other.append(f"other data (data fingerprint {str(state.get('data_fingerprint'))[:16]}, this run's "
+                     f"{ident.data_fingerprint[:16]}: another data_root or changed data files)")
+    if state.get("code_fingerprint") != ident.code_fingerprint:
+        other.append(f"other code (code fingerprint {str(state.get('code_fingerprint'))[:16]}, this code's "
+                     f"{ident.code_fingerprint[:16]})")
+    if other:
+        raise ValueError(f"{path}: checkpoint was written for {'; and for '.join(other)}; use the same config, "
+                         f"data and code, or another output directory")
+    return state
 
 
-# ---------------------------------------------------------------------- cache
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl")) / "runs"
-
-
+# ---------------------------------------------------------------------- cache (qafl_core.cache)
 def load_or_run(config: RunConfig | Mapping[str, Any], cache_dir: str | os.PathLike | None = None,
                 **overrides: Any) -> pd.DataFrame:
-    """Results of ``config`` from the cache (keyed by the config hash), running it only when missing.
+    """See :func:`qafl_core.cache.load_or_run` (kept here: every caller imports it from the runner)."""
+    from qafl_core.cache import load_or_run as _load_or_run
 
-    With ``checkpoint_every`` set, an interrupted run left in the cache continues from its checkpoint
-    (a corrupt one is an error naming the file, never silently ignored); the checkpoint of a run that
-    finished is deleted, ``results.csv`` being its record."""
-    cfg = as_config({**(config.to_dict() if isinstance(config, RunConfig) else dict(config)), **overrides})
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = root / cfg.config_hash()
-    done = out / "results.csv"
-    if done.exists():
-        return pd.read_csv(done)
-    resume = bool(cfg.checkpoint_every) and (out / "checkpoint.pt").exists()
-    df = run(cfg, out_dir=out, resume=resume)
-    # a finished cached run is served from results.csv; its checkpoint is dead weight (2.7 GB for 105 CNN clients)
-    (out / "checkpoint.pt").unlink(missing_ok=True)
-    return df
+    return _load_or_run(config, cache_dir, **overrides)
+
+
+def default_cache_dir() -> Path:
+    """See :func:`qafl_core.cache.default_cache_dir`."""
+    from qafl_core.cache import default_cache_dir as _default
+
+    return _default()

@@ -5,7 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from qafl_core.config import RunConfig, parse_set_options
+from qafl_core.config import RunConfig, parse_set_options, yaml_problem
+
+#: A config file larger than this is refused unread (config files are a few kB; this guards against a wrong path).
+MAX_CONFIG_BYTES = 16 * 2 ** 20
 
 
 def load_config_file(path: str | None) -> dict:
@@ -17,22 +20,24 @@ def load_config_file(path: str | None) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: config file not found")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{p}: {p.stat().st_size:,} bytes is not a config file (at most {MAX_CONFIG_BYTES:,})")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                         f"save the config file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML ({_yaml_problem(exc)})") from None
+        raise ValueError(f"{p}: not valid YAML ({yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ValueError(f"{p}: not a config file (nested too deeply)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
     return data
-
-
-def _yaml_problem(exc: Exception) -> str:
-    """One line for a YAML error (PyYAML's own message spans several lines, with an excerpt)."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def config_from_args(config_file: str | None, sets: list[str] | None) -> RunConfig:
@@ -59,8 +64,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args.config, args.set)
     if args.quiet:
         cfg = cfg.replace(progress=False)
-    if args.checkpoint_every is not None and args.checkpoint_every <= 0:
-        raise ValueError(f"--checkpoint-every: must be > 0, got {args.checkpoint_every}")
+    if args.checkpoint_every is not None:
+        try:  # the same checks as the config key: > 0, finite, at most MAX_INTERVALS checkpoints
+            cfg = cfg.replace(checkpoint_every=args.checkpoint_every)
+            cfg.check_intervals()
+        except ValueError as exc:
+            raise ValueError(f"--checkpoint-every: {str(exc).partition(': ')[2]}") from None
     df = run(cfg, out_dir=args.out, resume=args.resume, checkpoint_every=args.checkpoint_every)
     print(summarize(df), file=sys.stdout)
     print(f"results: {Path(args.out) / 'results.csv'}  config: {Path(args.out) / 'config.json'}")

@@ -6,9 +6,11 @@ The YAML file holds :class:`qafl_core.config.RunConfig` keys and may hold a ``gr
 lists of values (a list of mappings is a *bundle* axis whose keys are set together, e.g.
 ``compression: [{quantizer: identity, bits: 32}, {quantizer: lattice, bits: 12}]``); the sweep runs the
 cartesian product of the grid (in file order) times seeds
-``0..N-1``.  Runs go through :func:`qafl_core.backend.run_many` and are cached under ``DIR/runs`` by config
-hash (``--cache-dir`` to share a cache), so rerunning an interrupted sweep only computes what is missing;
-with ``--checkpoint-every T`` the runs it was in the middle of continue from their checkpoints.
+``0..N-1``.  Runs go through :func:`qafl_core.backend.run_many` and are cached under ``DIR/runs`` by run
+identity (``--cache-dir`` to share a cache; see :mod:`qafl_core.cache`), so rerunning an interrupted sweep
+only computes what is missing; with ``--checkpoint-every T`` the runs it was in the middle of continue from
+their checkpoints.  ``DIR`` is locked for the sweep (a second sweep on it is refused in one line); the
+tables are written atomically.
 Writes ``DIR/results.csv`` (every run's long table, with ``run`` and grid-key columns) and
 ``DIR/summary.csv`` (one row per run: status, final test metrics), and prints the summary.  A diverged run
 is reported as such; failed runs are listed and make the exit status 1, after everything else is written.
@@ -88,6 +90,7 @@ def expand(base: Mapping[str, Any], grid: Mapping[str, list], seeds: int,
         for seed in range(seeds):
             try:
                 cfg = RunConfig.from_dict({**base, **values, "seed": seed}, source=where)
+                cfg.check_intervals()  # refused before the output folder is made or any run starts
             except ValueError as exc:  # field checks do not know the file: say which file and grid point
                 msg = str(exc)
                 raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
@@ -119,11 +122,20 @@ def sweep(base: Mapping[str, Any], grid: Mapping[str, list], seeds: int, out: st
           address: str | None = None, cache_dir: str | Path | None = None, max_parallel: int | None = None,
           source: str = "sweep", echo: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the sweep and write ``out/results.csv`` and ``out/summary.csv``; returns ``(results, summary)``."""
-    from qafl_core.backend import init_ray, import_ray, run_many, run_status
+    from qafl_core import store
 
     runs = expand({**base, "progress": False}, grid, seeds, source)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with store.DirLock(out).acquire(wait=0):
+        return _sweep_locked(runs, grid, out, backend, address, cache_dir, max_parallel, echo)
+
+
+def _sweep_locked(runs: list[tuple[dict[str, Any], RunConfig]], grid: Mapping[str, list], out: Path, backend: str,
+                  address: str | None, cache_dir: str | Path | None, max_parallel: int | None,
+                  echo: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from qafl_core import store
+    from qafl_core.backend import init_ray, import_ray, run_many, run_status
+
     cache = Path(cache_dir) if cache_dir is not None else out / "runs"
 
     def report(k: int, df: pd.DataFrame) -> None:
@@ -146,8 +158,8 @@ def sweep(base: Mapping[str, Any], grid: Mapping[str, list], seeds: int, out: st
     front = ["run", *grid]
     results = results[front + [c for c in results.columns if c not in front]]
     summary = summarize(runs, frames)
-    results.to_csv(out / "results.csv", index=False)
-    summary.to_csv(out / "summary.csv", index=False)
+    store.atomic_write(out / "results.csv", results.to_csv(index=False).encode())
+    store.atomic_write(out / "summary.csv", summary.to_csv(index=False).encode())
     return results, summary
 
 

@@ -11,8 +11,10 @@ import nbformat
 import numpy as np
 import pytest
 
-from qafl_core import figures, manifest, reproduce, theory_grids
+from qafl_core import figures, manifest, outputs, reproduce, theory_grids
+from qafl_core.cache import cache_entry
 from qafl_core.cli import main as qafl_main
+from qafl_core.fingerprint import run_identity
 
 
 # ---------------------------------------------------------------------- figures: data choice and grids
@@ -100,7 +102,7 @@ def test_run_grid_uses_the_cache_and_the_backend_hook(tmp_path, monkeypatch):
     base = theory_grids.theory_base(4, 2, 2, 5, 1.0, 1.0, round_time=1.0, time_limit=5.0, lr=0.1)
     runs = figures.variants(base, {"a": {}}, seeds=[0])
     first = figures.run_variants(runs, cache_dir=tmp_path)
-    assert (tmp_path / runs[0].config.config_hash() / "results.csv").is_file()
+    assert (cache_entry(run_identity(runs[0].config), tmp_path) / "results.csv").is_file()
     again = figures.run_variants(runs, cache_dir=tmp_path)
     assert np.allclose(first["value"], again["value"]) and set(again["label"]) == {"a"}
     monkeypatch.setenv("QAFL_BACKEND", "nonexistent")
@@ -243,3 +245,94 @@ def test_git_commit_ignores_the_suites_own_figures(tmp_path):
     assert git_commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == clean + "+dirty"
+
+
+# ---------------------------------------------------------------------- outputs never clobber each other
+def _subject_notebook(nb_dir: Path, name: str) -> None:
+    """A tiny notebook named like a figure whose subject is FEMNIST, with the figure notebooks' data parameters."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "interactive"\noutput_dir = None\ndataset = "auto"\n'
+                                       'fallback_dataset = "synthetic"\ndataset_options = {}')
+    params.metadata["tags"] = ["parameters"]
+    body = ("import json, pathlib\nfrom qafl_core import figures, outputs\noutput_dir = outputs.output_folder(output_dir)\n"
+            f"c = figures.choose_dataset(dataset, prefer=figures.SUBJECTS[{name!r}], fallback=fallback_dataset)\n"
+            f"pathlib.Path(output_dir, '{name}.metrics.json').write_text(json.dumps({{'embedded_fallback': c.fallback, "
+            "'datasets': [c.to_dict()], 'files': []}))")
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nb_dir / f"{name}.ipynb")
+    (nb_dir / "params" / f"{name}.smoke.yaml").write_text("dataset: auto\nfallback_dataset: synthetic\n"
+                                                           "dataset_options: {}\n")
+
+
+def test_each_profile_and_data_choice_has_its_own_folder(tmp_path, monkeypatch, capsys):
+    nb_dir = tmp_path / "repo" / "notebooks"
+    (nb_dir / "params").mkdir(parents=True)
+    _subject_notebook(nb_dir, "fig4_vs_fedavg")
+    monkeypatch.delenv("QAFL_DATA_DIR", raising=False)
+    argv = ["reproduce", "--notebooks-dir", str(nb_dir), "--executed-dir", str(tmp_path / "x")]
+    assert qafl_main(argv + ["--list"]) == 0
+    out = capsys.readouterr().out
+    embedded = tmp_path / "repo" / "figures" / "smoke-embedded"
+    assert f"figures -> {embedded} (embedded fallback data for fig4_vs_fedavg (QAFL_DATA_DIR is not set" in out
+    assert qafl_main(argv) == 0
+    capsys.readouterr()
+    assert json.loads((embedded / "fig4_vs_fedavg.metrics.json").read_text())["embedded_fallback"] is True
+    assert json.loads((embedded / "MANIFEST.json").read_text())["profile"] == "smoke"
+    assert not (tmp_path / "repo" / "figures" / "smoke").exists()     # the real-data folder is untouched
+    # with the subject data present, the same command writes figures/smoke
+    sample = tmp_path / "data" / "femnist" / "slz-ai__leaf-torch"
+    (sample / "train").mkdir(parents=True)
+    (sample / "test").mkdir()
+    monkeypatch.setenv("QAFL_DATA_DIR", str(tmp_path / "data"))
+    assert qafl_main(argv + ["--list"]) == 0
+    assert f"figures -> {tmp_path / 'repo' / 'figures' / 'smoke'}\n" in capsys.readouterr().out
+    assert reproduce.plan_fallbacks({"fig4_vs_fedavg": {"dataset": "auto"}}) == {}
+    assert outputs.profile_folder("paper", False) == "paper" and outputs.profile_folder("smoke", True) == "smoke-embedded"
+
+
+def test_a_notebook_that_falls_back_while_running_fails_instead_of_writing_a_real_data_folder(tmp_path, monkeypatch,
+                                                                                               capsys):
+    nb_dir = tmp_path / "repo" / "notebooks"
+    (nb_dir / "params").mkdir(parents=True)
+    _subject_notebook(nb_dir, "fig4_vs_fedavg")
+    monkeypatch.delenv("QAFL_DATA_DIR", raising=False)
+    monkeypatch.setattr(reproduce, "plan_fallbacks", lambda profiles: {})   # as if the data were there when planned
+    rc = qafl_main(["reproduce", "--notebooks-dir", str(nb_dir), "--executed-dir", str(tmp_path / "x")])
+    assert rc == 1 and "used embedded fallback data, planned to use real data" in capsys.readouterr().out
+
+
+def test_discovery_ignores_nbconvert_outputs_and_executed_copies(nb_dir, tmp_path, capsys):
+    import shutil
+
+    shutil.copy(nb_dir / "good.ipynb", nb_dir / "good.nbconvert.ipynb")    # left by `jupyter nbconvert --execute`
+    shutil.copy(nb_dir / "good.ipynb", nb_dir / "good.smoke.ipynb")
+    (nb_dir / "_draft.ipynb").write_text("{}")
+    assert reproduce.discover(nb_dir) == ["bad", "good"]
+    assert qafl_main(["reproduce", "--notebooks-dir", str(nb_dir), "--output-dir", str(tmp_path / "f"), "--only",
+                      "good"]) == 0
+
+
+def test_notebooks_write_to_the_git_ignored_folder_by_default_from_any_directory(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    assert outputs.output_folder(None) == str(repo / "notebooks" / "out")
+    assert outputs.output_folder("elsewhere") == "elsewhere"
+    if shutil.which("git") and (repo / ".git").exists():
+        for path in ("notebooks/out/fig1_peers.png", "notebooks/fig1_peers.nbconvert.ipynb"):
+            done = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo)
+            assert done.returncode == 0, f"{path} is not git-ignored"
+
+
+@pytest.mark.parametrize("name", list(reproduce.ORDER))
+def test_committed_notebooks_default_to_the_git_ignored_folder(name):
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    k = next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
+    assert "\noutput_dir = None  #" in code[k].source
+    assert code[k + 1].source.startswith("output_dir = outputs.output_folder(output_dir)\n")
+    if name in figures.SUBJECTS:   # the data choice qafl reproduce plans is the one the notebook makes
+        assert f'prefer=figures.SUBJECTS["{name}"]' in code[k + 1].source

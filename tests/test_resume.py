@@ -20,7 +20,9 @@ import pandas as pd
 import pytest
 import torch
 
+from qafl_core.cache import cache_entry
 from qafl_core.cli import main
+from qafl_core.fingerprint import run_identity
 from qafl_core.runner import load_or_run, run
 from qafl_core.runner_cli import config_from_args
 
@@ -106,7 +108,7 @@ def test_sigkill_then_resume_is_bit_identical(case, tmp_path):
     every = time_limit / 12
     assert _kill_mid_way(sets, out, every) >= 2
     assert not (out / "results.csv").exists(), "killed before the end: no results yet"
-    state = torch.load(out / "checkpoint.pt", weights_only=False)  # never a partial file (atomic rename)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)  # never a partial file (atomic rename)
     t_ckpt = state["sim"]["time"]
     assert 0 < t_ckpt < time_limit
 
@@ -169,7 +171,8 @@ def _small_run(tmp_path: Path, capsys, *extra: str, sets=SMALL) -> tuple[int, st
 
 
 def test_crash_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
-    """A process dying inside torch.save leaves a partial *.tmp only; checkpoint.pt stays loadable and resumes."""
+    """An interruption inside torch.save leaves checkpoint.pt as it was (the partial temporary file is
+    removed); it stays loadable and resumes."""
     cfg = config_from_args(None, SMALL).replace(progress=False)
     run(cfg, out_dir=tmp_path / "ref")
     real_save, calls = torch.save, []
@@ -188,9 +191,10 @@ def test_crash_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, c
     assert rc == 130
     monkeypatch.setattr(torch, "save", real_save)
     out = tmp_path / "run"
-    assert str(calls[-1]).endswith("checkpoint.pt.tmp")
-    assert (out / "checkpoint.pt.tmp").exists() and not (out / "results.csv").exists()
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    tmp = Path(calls[-1])
+    assert tmp.parent == out and tmp.name.startswith(".checkpoint.pt.") and tmp.name.endswith(".tmp")
+    assert not tmp.exists() and not (out / "results.csv").exists()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["sim"]["time"] == pytest.approx(10.0, abs=1.0)  # the second checkpoint, intact
     rc, err = _small_run(tmp_path, capsys, "--checkpoint-every", "5", "--resume")
     assert rc == 0, err
@@ -274,7 +278,46 @@ def test_load_or_run_continues_an_interrupted_cached_run(tmp_path, monkeypatch):
     loaded, real_load = [], runner._load_checkpoint
     monkeypatch.setattr(runner, "_load_checkpoint", lambda path, *a: loaded.append(path) or real_load(path, *a))
     got = load_or_run(cfg, cache_dir=tmp_path)
-    assert loaded == [tmp_path / cfg.config_hash() / "checkpoint.pt"]
+    entry = cache_entry(run_identity(cfg), tmp_path)
+    assert loaded == [entry / "checkpoint.pt"]
     pd.testing.assert_frame_equal(got, ref, check_exact=True)
-    assert not (tmp_path / cfg.config_hash() / "checkpoint.pt").exists()   # finished: the checkpoint is gone
+    assert not (entry / "checkpoint.pt").exists()   # finished: the checkpoint is gone
     assert load_or_run(cfg, cache_dir=tmp_path).equals(got)  # finished: now served from results.csv
+
+
+# ---------------------------------------------------------------------- resume only the same run (issue 11)
+def _tiny_femnist_run(tmp_path: Path, capsys, root: Path, *extra: str) -> tuple[int, str]:
+    sets = ["dataset=femnist", "model=logreg", "clients_per_round=2", "sit=1", "time_limit=30", "eval_every=5",
+            "batch_size=4", f"data_root={root}"]
+    return _small_run(tmp_path, capsys, *extra, sets=sets)
+
+
+def test_resume_on_other_data_is_refused_and_changes_nothing(tmp_path, capsys, monkeypatch):
+    from test_fingerprint import leaf_sample
+
+    monkeypatch.setenv("QAFL_CACHE_DIR", str(tmp_path / "qcache"))
+    a, b = leaf_sample(tmp_path / "a"), leaf_sample(tmp_path / "b", relabel=3)
+    rc, err = _tiny_femnist_run(tmp_path, capsys, a, "--checkpoint-every", "10")
+    assert rc == 0, err
+    out = tmp_path / "run"
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    rc, err = _tiny_femnist_run(tmp_path, capsys, b, "--checkpoint-every", "10", "--resume")
+    _assert_clean_error(rc, err, str(out / "checkpoint.pt"), "other data")
+    assert "config" not in err.split("written for", 1)[1].split("other data")[0]   # the config is the same
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    rc, err = _tiny_femnist_run(tmp_path, capsys, a, "--checkpoint-every", "10", "--resume")
+    assert rc == 0, err                                                  # the same data resumes
+
+
+def test_resume_with_another_config_or_code_changes_nothing(tmp_path, capsys, checkpointed, monkeypatch):
+    from qafl_core import fingerprint
+
+    out = checkpointed.parent
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    assert {"config.json", "results.csv", "done.json", "checkpoint.pt"} <= set(before)
+    rc, err = _small_run(tmp_path, capsys, "--resume", sets=SMALL + ["lr=0.02"])
+    _assert_clean_error(rc, err, str(checkpointed), "written for config")
+    monkeypatch.setattr(fingerprint, "_CODE_FP", "f" * 64)
+    rc, err = _small_run(tmp_path, capsys, "--resume")
+    _assert_clean_error(rc, err, str(checkpointed), "other code", "ffffffffffffffff")
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before

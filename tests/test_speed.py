@@ -18,6 +18,7 @@ from qafl_core.quantize import make_quantizer
 from qafl_core.runner import build_simulation, run
 from qafl_core.speed import clip, heavy_tailed
 from qafl_core.speed_report import tail_means
+from qafl_core.store import check_plain
 from qafl_core.theory import QuadraticTask
 
 from engine_fakes import FakeTask, ScriptedClocks
@@ -156,6 +157,7 @@ def test_running_estimates_survive_a_checkpoint():
     for _ in range(10):
         a.step()
     state = copy.deepcopy(a.state_dict())
+    check_plain(state)  # checkpoints hold plain data only (qafl_core/store.py)
     assert "speed_state" in state and sum(state["speed_state"]["contacts"]) > 0
     for _ in range(15):
         a.step()

@@ -188,6 +188,9 @@ class Simulation:
                      "failed_messages", "contacts", "zero_step_contacts", "steps_by_class")
 
     def state_dict(self) -> dict[str, Any]:
+        """The whole simulation state as tensors and plain containers only (generator states are uint8
+        tensors; no sets, no custom classes): checkpoints are loaded with pickle disabled
+        (:func:`qafl_core.store.check_plain` refuses anything else when the checkpoint is written)."""
         state = {k: getattr(self, k) for k in self._common_state + self.extra_state}
         state["sampler"] = self.sampler.get_state()
         state["clocks"] = self.clocks.state_dict()

@@ -61,6 +61,26 @@ class FederatedDataset:
                                  f"(total {int(off[-1])}) disagree")
         if self.hierarchies is not None and len(self.hierarchies) != n:
             raise ValueError(f"{self.name}: hierarchies has {len(self.hierarchies)} entries for {n} clients")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """NaN/inf inputs or labels outside ``0..num_classes-1`` are a data error naming the client, wherever the
+        tensors came from (loaders check their files first and name them; this also covers caches)."""
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+                row = int((~torch.isfinite(x.reshape(len(x), -1))).any(1).nonzero()[0])
+                raise ValueError(f"{self.name}: {split} inputs of client '{self._owner(split, row)}' hold NaN or "
+                                 f"infinite values")
+            if y.numel() and (y.is_floating_point() or int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                bad = (y < 0) | (y >= self.num_classes) | (y != y.round() if y.is_floating_point() else False)
+                row = int(bad.nonzero()[0]) if bool(bad.any()) else 0
+                raise ValueError(f"{self.name}: {split} labels of client '{self._owner(split, row)}' must be integers "
+                                 f"in 0..{self.num_classes - 1}, got {y[row].item()!r}")
+
+    def _owner(self, split: str, row: int) -> str:
+        off = getattr(self, f"{split}_offsets")
+        return self.client_ids[int(torch.searchsorted(off, torch.tensor(row), right=True)) - 1]
 
     # ------------------------------------------------------------------ construction
     @classmethod

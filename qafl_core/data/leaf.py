@@ -14,6 +14,10 @@ Deliberate differences from LEAF (documented in docs/data.md#leaf-pipeline):
 * the niid sampler's cut user keeps its first ``m`` samples in their original order (LEAF keeps the same
   first ``m`` samples but in a shuffled order);
 * users with < 2 samples are dropped by the sample split instead of being left as empty entries.
+
+Reading is defensive: files are size-bounded (:mod:`qafl_core.limits`), and NaN/inf inputs, non-integer or
+out-of-range labels are errors naming the file and the user.  The module is longer than most (~400 lines)
+because it holds LEAF's whole JSON pipeline (read, validate, merge, sample, split, write, convert) in one place.
 """
 from __future__ import annotations
 
@@ -21,18 +25,16 @@ import gzip
 import json
 import os
 import random
-import zlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from qafl_core.data.federated import FederatedDataset
+from qafl_core.limits import read_bytes_bounded
 
 LeafObj = dict[str, Any]
 _SUFFIXES = (".json", ".json.gz")
-
-
 # ---------------------------------------------------------------------------------------------- reading
 def _validate(obj: Any, where: str) -> LeafObj:
     """Check the LEAF structure; raise ValueError naming ``where`` and the offending key/user."""
@@ -78,18 +80,16 @@ def read_leaf_file(path: str | os.PathLike) -> LeafObj:
     if not p.is_file():
         raise FileNotFoundError(f"LEAF file not found: {p}")
     try:
-        if p.name.endswith(".gz"):
-            with gzip.open(p, "rt", encoding="utf-8") as fh:
-                text = fh.read()
-        else:
-            text = p.read_text(encoding="utf-8")
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # BadGzipFile is an OSError
-        raise ValueError(f"{p}: cannot read (corrupt or truncated gzip/text?): {exc}") from None
+        text = read_bytes_bounded(p).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: cannot read (not UTF-8 text at byte {exc.start}; corrupt file?)") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{p}: invalid JSON (truncated or corrupt?): {exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}") from None
+    except RecursionError:
+        raise ValueError(f"{p}: not a LEAF file (JSON nested too deeply)") from None
     return _validate(obj, str(p))
 
 
@@ -129,6 +129,7 @@ def read_leaf_dir(directory: str | os.PathLike) -> LeafObj:
         if with_h:
             out["hierarchies"] += o["hierarchies"]
     out["source_files"] = [str(f) for f in files]
+    out["user_files"] = {u: str(d / name) for u, name in owner.items()}
     return out
 
 
@@ -142,8 +143,9 @@ def _sorted_recounted(obj: LeafObj) -> tuple[LeafObj, int]:
     if hier is not None:
         out["hierarchies"] = [hier[u] for u in users]
     out["num_samples_mismatch"] = sum(listed[u] != c for u, c in zip(users, counts))
-    if "source_files" in obj:
-        out["source_files"] = obj["source_files"]
+    for key in ("source_files", "user_files"):
+        if key in obj:
+            out[key] = obj[key]
     return out, out["num_samples_mismatch"]
 
 
@@ -376,11 +378,31 @@ def leaf_to_federated(train: LeafObj, test: LeafObj, name: str, x_fn: Callable[[
     for u in users:
         for obj, acc, side in ((train, tr, "train"), (test, te, "test")):
             d = obj["user_data"][u]
+            where = f"{obj['user_files'][u]}: {name}" if u in obj.get("user_files", {}) else name
             try:
-                acc.append((x_fn(d["x"]), y_fn(d["y"])))
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise ValueError(f"{name}: cannot convert {side} data of user '{u}': {exc}") from None
+                _check_labels(d["y"])
+                x, y = x_fn(d["x"]), y_fn(d["y"])
+                _check_values(x, y, num_classes)
+            except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+                raise ValueError(f"{where}: cannot convert {side} data of user '{u}': {exc}") from None
+            acc.append((x, y))
     meta = dict(info or {})
     meta.setdefault("num_samples_mismatch", {"train": train.get("num_samples_mismatch", 0),
                                              "test": test.get("num_samples_mismatch", 0)})
     return FederatedDataset.from_clients(name, users, tr, te, num_classes, train.get("hierarchies"), meta)
+
+
+def _check_labels(ys: list) -> None:
+    """Numeric labels must be integers (a float label would be truncated silently); strings are mapped later."""
+    for v in ys:
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError(f"labels must be integers, got {v!r}")
+
+
+def _check_values(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+    """Inputs finite, labels in ``0..num_classes-1`` (NaN/inf in data is a data error, never a diverged run)."""
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"inputs hold {bad} NaN or infinite value(s)")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got range {int(y.min())}..{int(y.max())}")

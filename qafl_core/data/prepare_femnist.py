@@ -28,6 +28,7 @@ import io
 import os
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -60,16 +61,40 @@ def _tree(raw: Path, name: str) -> tuple[list[tuple[str, ...]], Callable[[tuple[
         paths = [tuple(Path(dp, f).relative_to(folder).parts) for dp, _, fs in os.walk(folder) for f in fs]
         return sorted(paths), lambda parts: folder.joinpath(*parts).read_bytes()
     if archive.is_file():
-        zf = zipfile.ZipFile(archive)
+        try:
+            zf = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+            raise ValueError(f"{archive}: not a readable zip archive ({exc}); download it again "
+                             f"({URLS[name]}) or extract it into {folder}/") from None
         index = {}
         for n in zf.namelist():
             comps = n.rstrip("/").split("/")
             if n.endswith("/") or name not in comps:
                 continue
             index[tuple(comps[comps.index(name) + 1:])] = n
-        return sorted(index), lambda parts: zf.read(index[parts])
+        return sorted(index), lambda parts: _read_member(zf, archive, index[parts])
     raise FileNotFoundError(f"FEMNIST: neither {folder}/ nor {archive} exists (NIST SD19; pass --download to fetch "
                             f"{URLS[name]})")
+
+
+#: largest image read from an SD19 archive: its PNGs are a few hundred bytes; a bigger member is not one
+_MAX_MEMBER_BYTES = 16 * 2 ** 20
+
+
+def _read_member(zf: zipfile.ZipFile, archive: Path, member: str) -> bytes:
+    """One archive member, refusing an oversized (zip bomb) or corrupt one with a ValueError naming it."""
+    info = zf.getinfo(member)
+    if info.file_size > _MAX_MEMBER_BYTES:
+        raise ValueError(f"{archive}: member {member} claims {info.file_size:,} bytes; SD19 images are small "
+                         f"(refused above {_MAX_MEMBER_BYTES:,})")
+    try:
+        with zf.open(info) as fh:
+            data = fh.read(_MAX_MEMBER_BYTES + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise ValueError(f"{archive}: member {member} is corrupt ({exc})") from None
+    if len(data) > _MAX_MEMBER_BYTES:
+        raise ValueError(f"{archive}: member {member} decompresses to more than {_MAX_MEMBER_BYTES:,} bytes; refused")
+    return data
 
 
 def class_by_hash(raw: Path) -> tuple[dict[str, str], int]:
@@ -167,19 +192,20 @@ def download(raw: Path) -> None:
 
 def cmd_femnist(args: argparse.Namespace) -> int:
     """``qafl data prepare femnist``."""
-    from qafl_core.data.prepare import _print_report, pipeline_kwargs, prepare_out, write_leaf_dataset
+    from qafl_core.data.prepare import _print_report, check_out, pipeline_kwargs, staged_output, write_leaf_dataset
 
     raw = Path(args.raw)
-    out = prepare_out(args.out, args.force)
+    check_out(args.out, args.force)  # refuse before downloading or reading anything
     if args.download:
         download(raw)
     shards, pixels, counts = build_all_data(raw, args.leaf_duplicate_quirk)
-    report = write_leaf_dataset(out, "femnist", [f"all_data_{i}" for i in range(len(shards))], shards,
-                                materializer(pixels), pipeline_kwargs(args),
-                                {"source": {"raw": str(raw.resolve()), **counts},
-                                 "leaf_duplicate_quirk": bool(args.leaf_duplicate_quirk),
-                                 "pixels": "28x28 row-major, value/255, 1.0 = background (LEAF)"})
-    _print_report(out, report)
+    with staged_output(args.out, args.force) as stage:
+        report = write_leaf_dataset(stage, "femnist", [f"all_data_{i}" for i in range(len(shards))], shards,
+                                    materializer(pixels), pipeline_kwargs(args),
+                                    {"source": {"raw": str(raw.resolve()), **counts},
+                                     "leaf_duplicate_quirk": bool(args.leaf_duplicate_quirk),
+                                     "pixels": "28x28 row-major, value/255, 1.0 = background (LEAF)"})
+    _print_report(Path(args.out), report)
     return 0
 
 

@@ -206,7 +206,8 @@ def load_synthetic(num_tasks: int | None = None, num_classes: int | None = None,
         sf, k, tf: LEAF pipeline flags (defaults = LEAF's suggested ``--sf 1.0 -k 5 --tf 0.6``; FedProx's
             ``tf = 0.9`` with ``generator="fedprox"``).
         smplseed, spltseed: pipeline seeds; None -> ``seed`` and ``seed + 1``.
-        cache_dir: optional directory for a ``torch.save`` cache keyed by every argument.
+        cache_dir: optional directory for a cache keyed by every argument and the code fingerprint
+            (tensors and plain containers, loaded with pickle disabled).
         generator: ``"leaf"`` (default, LEAF's data bit for bit) or ``"fedprox"`` (Synthetic(α, β)).
         alpha, beta: FedProx's α (how far apart the clients' models are) and β (their inputs); default 1.
         preset: a name from :data:`PRESETS`, filling the options above that are left unset.
@@ -227,8 +228,10 @@ def load_synthetic(num_tasks: int | None = None, num_classes: int | None = None,
                     generator="fedprox", alpha=float(opts["alpha"]), beta=float(opts["beta"]))
     flags = dict(sf=sf, k=k, tf=tf, smplseed=smplseed, spltseed=spltseed)
     key = repr(sorted({**args, **flags}.items()))
-    if cache_dir is not None and _cache_file(cache_dir, key).is_file():
-        return FederatedDataset(**torch.load(_cache_file(cache_dir, key), weights_only=False))
+    if cache_dir is not None:
+        cached = _read_cache(_cache_file(cache_dir, key), key)
+        if cached is not None:
+            return cached
 
     if opts["generator"] == "fedprox":
         raw = generate_fedprox_synthetic(**{k: v for k, v in args.items() if k != "generator"})
@@ -253,6 +256,34 @@ def load_synthetic(num_tasks: int | None = None, num_classes: int | None = None,
 
     ds = leaf_to_federated(train, test, "synthetic", x_fn, y_fn, num_classes, info)
     if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        torch.save(ds.__dict__, _cache_file(cache_dir, key))
+        from qafl_core import store
+        from qafl_core.fingerprint import code_fingerprint
+
+        store.atomic_save_tensors(_cache_file(cache_dir, key),
+                                  {"key": key, "code": code_fingerprint(), "dataset": dict(ds.__dict__)})
     return ds
+
+
+def _read_cache(path: Path, key: str) -> FederatedDataset | None:
+    """The cached dataset at ``path`` if it was written for ``key`` by this code, else None (regenerated).
+
+    The file holds tensors and plain containers only and is read with pickle disabled; a file that would
+    import anything when loaded is refused (ValueError naming it), and nothing in it runs."""
+    from qafl_core import store
+    from qafl_core.fingerprint import code_fingerprint
+
+    if not path.is_file():
+        return None
+    try:
+        obj = store.load_tensors(path, "Synthetic cache file")
+    except ValueError as exc:
+        if ": refused:" in str(exc):
+            raise
+        return None  # unreadable (e.g. a copy cut short): generated again and replaced
+    if not (isinstance(obj, dict) and obj.get("key") == key and obj.get("code") == code_fingerprint()
+            and isinstance(obj.get("dataset"), dict)):
+        return None  # another version's or another key's file: generated again and replaced
+    try:
+        return FederatedDataset(**obj["dataset"])
+    except (TypeError, ValueError):
+        return None

@@ -19,7 +19,6 @@ normalisation and augmentation (CIFAR-10) belong to the training side.  Files ar
 """
 from __future__ import annotations
 
-import gzip
 import pickle
 from pathlib import Path
 
@@ -28,8 +27,12 @@ import torch
 
 from qafl_core.data.federated import FederatedDataset
 from qafl_core.rng import numpy_generator
+from qafl_core.store import load_array_pickle
 
 VISION = ("mnist", "fmnist", "cifar10")
+NUM_CLASSES = 10
+#: largest idx file read after decompression (MNIST's training images are 47 MB); a gzip bomb is refused
+_MAX_IDX_BYTES = 2 ** 30
 _IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 _WHERE = {"mnist": "MNIST idx files (yann.lecun.com/exdb/mnist or torchvision's MNIST/raw)",
@@ -39,11 +42,11 @@ _WHERE = {"mnist": "MNIST idx files (yann.lecun.com/exdb/mnist or torchvision's 
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one idx file (plain or ``.gz``) of unsigned bytes into an array of its stated shape."""
+    from qafl_core.limits import read_bytes_bounded
+
     p = Path(path)
-    try:
-        raw = gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{p}: cannot read (corrupt gzip?): {exc}") from None
+    # bounded: a gzip bomb is refused before it fills the memory
+    raw = read_bytes_bounded(p, max(_MAX_IDX_BYTES, p.stat().st_size), "MNIST-sized idx files are far smaller")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{p}: not an unsigned-byte idx file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
@@ -72,6 +75,7 @@ def _load_idx(root: Path, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
         x, y = read_idx(fi), read_idx(fl)
         if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
             raise ValueError(f"{name}: {fi} ({x.shape}) and {fl} ({y.shape}) are not N×28×28 images with N labels")
+        _check_labels(y, fl)
         out[split] = (x[:, None, :, :], y)
     return out
 
@@ -87,17 +91,28 @@ def _load_cifar(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 raise FileNotFoundError(f"cifar10: missing {f}; put the {_WHERE['cifar10']} in {root} or pass --root DIR")
             try:
                 with open(f, "rb") as fh:
-                    batch = pickle.load(fh, encoding="bytes")  # the official format is a pickle (trusted local file)
+                    batch = load_array_pickle(fh)  # the official format is a pickle: numpy arrays only, no other imports
                 x = np.asarray(batch[b"data"], dtype=np.uint8)
-                y = np.asarray(batch[b"labels"], dtype=np.int64)
+                y = np.asarray(batch[b"labels"])
+                if y.dtype.kind not in "iu":  # a float label would be truncated by the cast
+                    raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+                y = y.astype(np.int64)
             except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"cifar10: {f} is not a CIFAR-10 python batch (dict with b'data', b'labels'): {exc!r}") from None
             if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
                 raise ValueError(f"cifar10: {f}: data has shape {x.shape} for {len(y)} labels, expected (N, 3072)")
+            _check_labels(y, f)
             xs.append(x.reshape(-1, 3, 32, 32))
             ys.append(y)
         out[split] = (np.concatenate(xs), np.concatenate(ys))
     return out
+
+
+def _check_labels(y: np.ndarray, path: Path) -> None:
+    """Labels outside 0..9 are a data error naming the file (and the first bad sample)."""
+    bad = np.flatnonzero((y < 0) | (y >= NUM_CLASSES))
+    if bad.size:
+        raise ValueError(f"{path}: label {int(y[bad[0]])} of sample {int(bad[0])} is not in 0..{NUM_CLASSES - 1}")
 
 
 def _default_root(name: str) -> Path:
@@ -154,4 +169,4 @@ def load_vision(name: str, root: str | None = None, num_clients: int = 10, seed:
 
     train = [tensors(xtr, ytr, perm[i * per:(i + 1) * per]) for i in range(n_clients)]
     test = [tensors(xte, yte, te_parts[i]) for i in range(n_clients)]
-    return FederatedDataset.from_clients(name, [str(i) for i in range(n_clients)], train, test, 10, None, info)
+    return FederatedDataset.from_clients(name, [str(i) for i in range(n_clients)], train, test, NUM_CLASSES, None, info)
