@@ -44,9 +44,25 @@ def tail_means(results: pd.DataFrame, metrics: Sequence[str], tail: float) -> pd
     return pd.DataFrame(rows)
 
 
+def _cell(values: pd.Series, digits: int = 3) -> str:
+    """``mean ± std`` over seeds (std with ddof 1; just the mean for one seed; ``—`` for none)."""
+    v = values.dropna()
+    if len(v) > 1:
+        return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+    return f"{v.mean():.{digits}f}" if len(v) else "—"
+
+
+def _short(label) -> str:
+    """A grid label as shown: a bundle axis (``sit=1.0,time_limit=...``) by its first key only."""
+    return str(label).split(",")[0] if isinstance(label, str) and "=" in label else str(label)
+
+
 def table(config: str | Path, out: str | Path, tail: float = 0.5, metrics: Sequence[str] | None = None,
-          seeds: int | None = None) -> str:
-    """The markdown table of the sweep of ``config`` whose outputs are in ``out`` (see module docstring)."""
+          seeds: int | None = None, pivot: str | None = None) -> str:
+    """The markdown table of the sweep of ``config`` whose outputs are in ``out`` (see module docstring).
+
+    With ``pivot`` (a grid key), one row per value of the other grid keys and one column per value of ``pivot``,
+    each cell ``metric1 / metric2 / ...`` (2 decimals), with ``(d div.)`` when d of its runs diverged."""
     from qafl_core.sweep import expand, load_sweep_file
 
     path = Path(out) / "results.csv"
@@ -71,16 +87,33 @@ def table(config: str | Path, out: str | Path, tail: float = 0.5, metrics: Seque
         keys_extra = ["stuck"]
     else:
         keys_extra = []
+    if pivot is not None:
+        return _pivoted(per_run, keys, keys_extra, metrics, pivot)
     head = keys + keys_extra + ["seeds", "diverged"] + [m.split("/", 1)[1] for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for point, g in per_run.groupby(keys, sort=False):
         point = point if isinstance(point, tuple) else (point,)
-        cells = [str(v) for v in point] + [("yes" if g[k].iloc[0] else "no") for k in keys_extra]
-        cells += [str(len(g)), str(int(g.diverged.sum()))]
-        for m in metrics:
-            v = g[m].dropna()
-            cells.append(f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else
-                         (f"{v.mean():.3f}" if len(v) else "—"))
+        cells = [_short(v) for v in point] + [("yes" if g[k].iloc[0] else "no") for k in keys_extra]
+        cells += [str(len(g)), str(int(g.diverged.sum()))] + [_cell(g[m]) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pivoted(per_run: pd.DataFrame, keys: list[str], keys_extra: list[str], metrics: Sequence[str], pivot: str) -> str:
+    if pivot not in keys:
+        raise ValueError(f"--pivot: {pivot!r} is not a grid key of the sweep ({', '.join(keys)})")
+    rest = [k for k in keys if k != pivot]
+    columns = list(dict.fromkeys(per_run[pivot]))
+    head = rest + keys_extra + ["seeds"] + [str(c) for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for point, g in (per_run.groupby(rest, sort=False) if rest else [((), per_run)]):
+        point = point if isinstance(point, tuple) else (point,)
+        cells = [_short(v) for v in point] + [("yes" if g[k].iloc[0] else "no") for k in keys_extra]
+        cells.append(str(g.groupby(pivot).size().min()))
+        for c in columns:
+            h = g[g[pivot] == c]
+            div = int(h.diverged.sum())
+            cells.append(" / ".join(_cell(h[m], 2) for m in metrics) + (f" ({div} div.)" if div else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -92,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tail", type=float, default=0.5, help="average over this last fraction of each run (default 0.5)")
     p.add_argument("--seeds", type=int, default=None, help="the sweep's --seeds (default: the seeds in the results)")
     p.add_argument("--metric", action="append", metavar="SPLIT/METRIC", help="metric to report (repeatable)")
+    p.add_argument("--pivot", metavar="KEY", help="one column per value of this grid key (e.g. speed_correction)")
     args = p.parse_args(argv)
     try:
-        print(table(args.config, args.out, args.tail, args.metric, args.seeds))
+        print(table(args.config, args.out, args.tail, args.metric, args.seeds, args.pivot))
     except (ValueError, FileNotFoundError) as exc:
         print(f"qafl: error: {exc}", file=sys.stderr)
         return 2

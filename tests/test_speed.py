@@ -236,3 +236,28 @@ def test_tail_means_by_hand():
     assert out["test/dist_opt"].isna().all()
     with pytest.raises(ValueError, match="--tail"):
         tail_means(pd.DataFrame(rows), ["test/bias_fast"], tail=0.0)
+
+
+def test_report_table_by_hand(tmp_path):
+    from qafl_core.speed_report import main, table
+
+    cfg = tmp_path / "speed.yaml"
+    cfg.write_text("dataset: quadratic\nnum_clients: 8\nclients_per_round: 3\nsit: 1.0\nslow_mean: 8.0\n"
+                   "grid:\n  speed_correction: [none, lr]\n")
+    rows = []
+    for run_id, seed, bias in ((0, 0, 0.9), (1, 1, 0.2), (2, 0, 0.7), (3, 1, 0.4)):
+        for t in (0.0, 10.0):
+            rows.append({"run": run_id, "seed": seed, "time": t, "split": "test", "metric": "bias_fast",
+                         "value": 5.0 if t == 0 else bias})
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    # runs are numbered grid point by grid point, seeds within each: none = runs 0, 1 (biases 0.9, 0.2)
+    lines = table(cfg, tmp_path, metrics=["test/bias_fast"]).splitlines()
+    assert lines[0] == "| speed_correction | stuck | seeds | diverged | bias_fast |"
+    assert lines[2] == "| none | yes | 2 | 0 | 0.550 ± 0.495 |"   # 8 ln(8/5) = 3.76 >= round time 1: stuck
+    assert lines[3] == "| lr | yes | 2 | 0 | 0.550 ± 0.212 |"
+    wide = table(cfg, tmp_path, metrics=["test/bias_fast", "test/bias_fast"], pivot="speed_correction").splitlines()
+    assert wide[0] == "| stuck | seeds | none | lr |"
+    assert wide[2] == "| yes | 2 | 0.55 ± 0.49 / 0.55 ± 0.49 | 0.55 ± 0.21 / 0.55 ± 0.21 |"
+    with pytest.raises(ValueError, match="--pivot: 'sit'"):
+        table(cfg, tmp_path, pivot="sit")
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "missing")]) == 2
