@@ -38,6 +38,7 @@ OPTIMIZERS = ("sgd",)
 FEDASYNC_STALENESS = ("constant", "poly", "hinge")
 QAFEL_VARIANTS = ("qafel", "naive")
 QAFEL_ORDERS = ("step_then_dispatch", "dispatch_then_step")
+SPEED_CORRECTIONS = ("none", "lr", "normalized", "estimate")  # qafl_core/speed.py
 
 # keys that never change the results of a run (excluded from the hash); data_root is covered by the data fingerprint
 _NON_RESULT_KEYS = ("progress", "checkpoint_every", "data_root", "eval_workers", "num_threads")
@@ -90,12 +91,15 @@ class RunConfig:
     eval_batch_size: int = 1024
     speed_sigma: float | None = None      # timing: lognormal: sigma of log(mean step time); median fast_mean
     timing_trace: str | None = None       # timing: trace: CSV client,mean_step_time[,std_step_time]
+    divergence_factor: float | None = 1e4  # diverged when the test loss > factor * max(1, first test loss); None: off
     # QuAFL switches (docs/algorithm.md)
     server_averaging: bool = True
     client_averaging: bool = True
     client_lr_scaling: bool = True        # client lr * (s+1)/s when server_averaging (paper code)
     client_decode_key: str = "current"    # "current" (code) or "base" (paper text)
-    speed_lr_correction: bool = False     # suite extension: client lr * mean(H)/H_i (off = faithful)
+    speed_lr_correction: bool = False     # replaced by speed_correction; true is an error (unbounded factors)
+    speed_correction: str = "none"        # suite extension: none | lr | normalized | estimate (qafl_core/speed.py)
+    speed_correction_cap: float = 4.0     # every speed-correction factor is clipped to [1/cap, cap]
     # FedAvg / FedBuff
     server_lr: float = 1.0
     buffer_size: int | None = None        # FedBuff Z; None -> clients_per_round
@@ -132,6 +136,7 @@ class RunConfig:
         _check_choice("fedasync_staleness", self.fedasync_staleness, FEDASYNC_STALENESS)
         _check_choice("qafel_variant", self.qafel_variant, QAFEL_VARIANTS)
         _check_choice("qafel_order", self.qafel_order, QAFEL_ORDERS)
+        self._check_speed_correction()
         _check_int("seed", self.seed, lo=0)
         self._check_heterogeneity()
         if self.num_clients is not None:
@@ -200,6 +205,28 @@ class RunConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true/false, got {getattr(self, name)!r}")
 
+    def _check_speed_correction(self) -> None:
+        """``speed_correction`` (QuAFL only), its cap, the retired ``speed_lr_correction``, ``divergence_factor``."""
+        if self.speed_lr_correction is True:
+            raise ValueError("speed_lr_correction: replaced by speed_correction (its factors were unbounded and came "
+                             "from one short Monte-Carlo chain); use speed_correction: lr (realised progress), "
+                             "normalized, or estimate (the old estimator, capped)")
+        _check_choice("speed_correction", self.speed_correction, SPEED_CORRECTIONS)
+        _check_float("speed_correction_cap", self.speed_correction_cap, positive=True)
+        if self.speed_correction_cap < 1:
+            raise ValueError(f"speed_correction_cap: must be >= 1 (factors lie in [1/cap, cap]), got "
+                             f"{self.speed_correction_cap}")
+        if self.speed_correction != "none" and self.algorithm != "quafl":
+            raise ValueError(f"speed_correction: only QuAFL has a speed correction (algorithm is {self.algorithm})")
+        if self.speed_correction == "estimate" and self.timing == "trace":
+            raise ValueError("speed_correction: estimate is not available with timing: trace (its Monte-Carlo "
+                             "chain assumes exponential or constant step times); use lr or normalized")
+        if self.divergence_factor is not None:
+            _check_float("divergence_factor", self.divergence_factor, positive=True)
+            if self.divergence_factor <= 1:
+                raise ValueError(f"divergence_factor: must be > 1 (or null to only catch non-finite values), got "
+                                 f"{self.divergence_factor}")
+
     def _check_heterogeneity(self) -> None:
         """Data partition and client-speed keys: each option only with the choice it belongs to."""
         if self.partition is not None:
@@ -224,9 +251,6 @@ class RunConfig:
         if self.timing == "trace":
             if not isinstance(self.timing_trace, str) or not self.timing_trace.strip():
                 raise ValueError(f"timing_trace: timing: trace needs the path of a CSV file, got {self.timing_trace!r}")
-            if self.speed_lr_correction:
-                raise ValueError("speed_lr_correction: not available with timing: trace (its estimate assumes "
-                                 "exponential or constant step times)")
         elif self.timing_trace is not None:
             raise ValueError(f"timing_trace: only used with timing: trace (timing is {self.timing})")
 

@@ -162,6 +162,8 @@ def build_simulation(cfg: RunConfig, task=None):
                                segments=task.segments)
     clocks = ClientClocks(task.num_clients, cfg.timing, cfg.slow_fraction, cfg.fast_mean, cfg.slow_mean, cfg.seed,
                           speed_sigma=cfg.speed_sigma, trace=cfg.timing_trace)
+    if hasattr(task, "set_slow_clients"):  # the quadratic task reports the server's bias toward the fast clients
+        task.set_slow_clients(clocks.is_slow)
     return ALGORITHMS[cfg.algorithm](cfg, task, quantizer, clocks)
 
 
@@ -199,7 +201,21 @@ def _evaluate(sim, rec: _Recorder) -> bool:
         rec.add(sim, "clients", per_client)
     rec.add(sim, "sim", sim.sim_metrics())
     rec.committed = len(rec.rows)  # an interruption keeps whole evaluations only
-    return all(math.isfinite(v) for v in metrics.values())
+    return not _diverged(rec, metrics)
+
+
+def _diverged(rec: _Recorder, metrics: Mapping[str, float]) -> bool:
+    """The divergence criterion of an evaluation (README, Reliability): a test metric is non-finite, or the
+    test loss exceeds ``divergence_factor`` times ``max(1, |first test loss|)`` — a finite blow-up (e.g. a loss of
+    1e43) is a divergence too.  The reference is the run's first recorded evaluation, so a resumed run uses the
+    same one; ``divergence_factor: null`` keeps only the non-finite check."""
+    if not all(math.isfinite(v) for v in metrics.values()):
+        return True
+    factor = rec.cfg.divergence_factor
+    if factor is None or "loss" not in metrics:
+        return False
+    start = next(r["value"] for r in rec.rows if r["split"] == "test" and r["metric"] == "loss")
+    return metrics["loss"] > factor * max(1.0, abs(start))
 
 
 def run(config: RunConfig | Mapping[str, Any], out_dir: str | os.PathLike | None = None, resume: bool = False,
@@ -290,7 +306,8 @@ def _loop(cfg: RunConfig, sim, out: Path | None, ident, state: dict | None, ever
                 if not _evaluate(sim, rec):
                     rec.add(sim, "status", {"diverged": 1.0})
                     status = "diverged"
-                    log.warning("run %s diverged at t=%.1f (non-finite test loss)", cfg.config_hash(), sim.time)
+                    log.warning("run %s diverged at t=%.1f (test metric non-finite, or test loss above "
+                                "divergence_factor x its start)", cfg.config_hash(), sim.time)
                     break
                 while next_eval <= sim.time:
                     next_eval += cfg.eval_every

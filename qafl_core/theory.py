@@ -7,6 +7,12 @@ docs/algorithm.md#what-the-suite-checks-numerically: ``f_i(x) = 1/2 ||x - c_i||^
 ``mu_t = (X_t + sum_i X^i_t)/(n+1)``, so :class:`QuadraticTask` reports the gradient at the server
 model (split ``test``) *and* at the mean model, plus the sum of all n+1 models (split ``mean_model``)
 — with the identity quantizer that sum changes only by the clients' gradient progress (docs/algorithm.md#conservation-invariant).
+
+For speed heterogeneity (docs/algorithm.md#speed-heterogeneity-corrections) both splits also report
+``dist_opt = ||x - c_bar||`` and, once the simulation has told the task which clients are slow
+(:meth:`QuadraticTask.set_slow_clients`), ``bias_fast``: the projection of ``x - c_bar`` on
+``u = mean(fast clients' c_i) - c_bar`` in units of ``||u||``, ``(x - c_bar).u / u.u`` — 0 at the global optimum,
+1 at the fast clients' optimum (not reported when every client, or none, is slow).
 """
 from __future__ import annotations
 
@@ -54,6 +60,15 @@ class QuadraticTask:
         self.seed = seed
         self._gens: dict[int, torch.Generator] = {}
         self.progress_sum = torch.zeros(self.dim, dtype=torch.float64)       # sum of all eta * g applied
+        self.fast_direction: torch.Tensor | None = None                       # u of bias_fast
+
+    def set_slow_clients(self, is_slow) -> None:
+        """Which clients are slow (the clocks' ``is_slow``): defines ``bias_fast``'s direction u."""
+        fast = torch.tensor([not s for s in is_slow], dtype=torch.bool)
+        if len(fast) != self.num_clients:
+            raise ValueError(f"is_slow: {len(fast)} flags for {self.num_clients} clients")
+        u = self.centres[fast].double().mean(0) - self.c_bar if fast.any() and not fast.all() else None
+        self.fast_direction = u if u is not None and float(u.norm()) > 0 else None
 
     def init_vector(self) -> torch.Tensor:
         return torch.zeros(self.dim)
@@ -74,7 +89,12 @@ class QuadraticTask:
         xd = x.double()
         grad = xd - self.c_bar
         f = 0.5 * float((xd - self.centres.double()).pow(2).sum(1).mean())
-        return {"grad_sq": float(grad.pow(2).sum()), "suboptimality": f - self.f_star, "loss": f}
+        out = {"grad_sq": float(grad.pow(2).sum()), "suboptimality": f - self.f_star, "loss": f,
+               "dist_opt": float(grad.norm())}
+        u = self.fast_direction
+        if u is not None:
+            out["bias_fast"] = float(grad @ u) / float(u @ u)
+        return out
 
     def evaluate(self, vec: torch.Tensor) -> dict[str, float]:
         return self._metrics(vec)

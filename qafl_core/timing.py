@@ -44,7 +44,7 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -215,30 +215,49 @@ def _lognormal_params(mean: float, std: float) -> tuple[float, float]:
     return math.log(mean) - s2 / 2, math.sqrt(s2)
 
 
+def lazy_progress(last_contact: float, next_duration: float, now: float, max_steps: int,
+                  draw: Callable[[], float]) -> tuple[int, float]:
+    """QuAFL's lazy-progress rule (docs/timing.md#quafl-lazy-progress), the one place it is written.
+
+    A client last contacted at ``last_contact``, whose next step was drawn to take ``next_duration``,
+    completes at a contact at ``now`` the steps that end strictly before ``now``, at most ``max_steps``
+    (K); the step in flight is dropped but its drawn duration is kept.  ``draw()`` gives the next
+    duration after each completed step.  Returns ``(completed steps, duration of the step in flight)``;
+    the caller resets the client's clock to ``now``.
+    """
+    k, t, d = 0, last_contact, next_duration
+    while k < max_steps and t + d < now:
+        t += d
+        d = draw()
+        k += 1
+    return k, d
+
+
 def expected_steps_per_contact(mean_step: float, round_time: float, contact_prob: float, max_steps: int,
                                timing: str, seed: int, num_contacts: int = 4000) -> float:
     """Monte Carlo estimate of H_i, the mean number of local steps a QuAFL client completes between
-    two contacts, under the released simulator's semantics (docs/timing.md#quafl-lazy-progress: lazily completed steps that
-    fit before the contact, at most K, the in-flight step's drawn duration kept across contacts).
+    two contacts, under :func:`lazy_progress` (the rule the simulator itself uses).
 
-    Used only by the ``speed_lr_correction`` extension; it draws from its own stream.  Steps are constant
-    for ``timing="uniform"`` and Exponential otherwise (``lognormal`` draws Exponential steps too; ``trace``
-    is refused by the configuration).
+    Used only by ``speed_correction: estimate`` (:mod:`qafl_core.speed`); it draws from its own stream.
+    Steps are constant for ``timing="uniform"`` and Exponential otherwise (``lognormal`` draws Exponential
+    steps too; ``trace`` is refused by the configuration).  The estimate can be arbitrary: when
+    ``mean_step * ln(1 / (1 - contact_prob)) >= round_time`` the expected number of contacts a drawn
+    step needs is infinite (see :func:`qafl_core.speed.heavy_tailed`).
     """
     rng = numpy_generator(seed, "estimate_H", mean_step, round_time, contact_prob, max_steps)
-    total, t_client, t_now = 0, 0.0, 0.0
-    d = mean_step if timing == "uniform" else rng.exponential(mean_step)
+
+    def draw() -> float:
+        return mean_step if timing == "uniform" else rng.exponential(mean_step)
+
+    total, t_now = 0, 0.0
+    d = draw()
     for _ in range(num_contacts):
+        last = t_now
         t_now += round_time * rng.geometric(contact_prob)
-        k = 0
-        while k < max_steps and t_client + d < t_now:
-            t_client += d
-            d = mean_step if timing == "uniform" else rng.exponential(mean_step)
-            k += 1
+        k, d = lazy_progress(last, d, t_now, max_steps, draw)
         total += k
-        t_client = t_now
     return total / num_contacts
 
 
-__all__ = ["ClientClocks", "TRACE_COLUMNS", "expected_steps_per_contact", "lognormal_means", "num_slow_clients",
-           "read_trace"]
+__all__ = ["ClientClocks", "TRACE_COLUMNS", "expected_steps_per_contact", "lazy_progress", "lognormal_means",
+           "num_slow_clients", "read_trace"]

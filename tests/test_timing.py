@@ -113,7 +113,7 @@ def test_trace_accepts_a_byte_order_mark(tmp_path):
     (dict(speed_sigma=0.5), "speed_sigma: only used with timing: lognormal"),
     (dict(timing="trace"), "timing_trace: timing: trace needs the path of a CSV file"),
     (dict(timing_trace="t.csv"), "timing_trace: only used with timing: trace"),
-    (dict(timing="trace", timing_trace="t.csv", speed_lr_correction=True), "speed_lr_correction: not available"),
+    (dict(timing="trace", timing_trace="t.csv", speed_correction="estimate"), "speed_correction: estimate is not available"),
     (dict(timing="gamma"), "timing: unknown value 'gamma'"),
 ])
 def test_timing_keys_are_validated(kw, needle):

@@ -17,17 +17,18 @@ Options (RunConfig): ``server_averaging`` / ``client_averaging`` (the Fig. 3 abl
 server adopts the clients' mean / the client adopts Q(X)), ``client_lr_scaling`` (the paper code's
 client step size eta (s+1)/s when the server averages — on by default), ``client_decode_key``
 (``current``: the client's current model Y_i, as in the code; ``base``: its base model X_i, as in the
-paper's pseudocode), and ``speed_lr_correction`` — this suite's extension, off by default because the
-AISTATS text's mechanism for heterogeneous speeds is not available: each client's step size is
-multiplied by mean(H)/H_i, with H_i its expected steps per contact, so that fast and slow clients
-contribute equal expected progress.
+paper's pseudocode), and ``speed_correction`` — this suite's extension, off by default because the
+AISTATS text's mechanism for heterogeneous speeds is not available: step-size factors or a rescaled
+progress that give fast and slow clients comparable weight (:mod:`qafl_core.speed`,
+docs/algorithm.md#speed-heterogeneity-corrections).
 """
 from __future__ import annotations
 
 import torch
 
 from qafl_core.algorithms.base import Simulation, vector_ops_on_one_thread
-from qafl_core.timing import expected_steps_per_contact
+from qafl_core.speed import make_speed_correction
+from qafl_core.timing import lazy_progress
 
 
 class QuAFL(Simulation):
@@ -46,36 +47,21 @@ class QuAFL(Simulation):
         self.next_duration = [clocks.draw(i) for i in range(self.n)]
         scale = (s + 1) / s if (cfg.client_lr_scaling and cfg.server_averaging) else 1.0
         self.client_lr = [cfg.lr * scale] * self.n
-        if cfg.speed_lr_correction:
-            self.client_lr = [lr * f for lr, f in zip(self.client_lr, self._speed_factors())]
-
-    def _speed_factors(self) -> list[float]:
-        cfg = self.cfg
-        h = {m: expected_steps_per_contact(m, self.round_time, cfg.clients_per_round / self.n, cfg.local_steps,
-                                           cfg.timing, cfg.seed) for m in set(self.clocks.means)}
-        hs = [h[m] for m in self.clocks.means]
-        mean_h = sum(hs) / len(hs)
-        if min(hs) <= 0:
-            raise ValueError("speed_lr_correction: some clients are expected to take no local steps between contacts; "
-                             "lower sit/swt or the number of clients per round")
-        return [mean_h / x for x in hs]
+        self.speed = make_speed_correction(self)  # speed_correction: none = factors 1, nothing changed
 
     def _completed_steps(self, i: int, now: float) -> int:
         """How many of client i's local steps finish strictly before ``now`` (at most K); advances its clock."""
-        k, t, d = 0, self.client_time[i], self.next_duration[i]
-        while k < self.cfg.local_steps and t + d < now:
-            t += d
-            d = self.clocks.draw(i)
-            k += 1
-        self.next_duration[i] = d
+        k, self.next_duration[i] = lazy_progress(self.client_time[i], self.next_duration[i], now, self.cfg.local_steps,
+                                                 lambda: self.clocks.draw(i))
         self.client_time[i] = now  # partial progress of the in-flight step is discarded
         return k
 
     def progress(self, i: int, now: float) -> int:
         """Complete client i's local steps that finish strictly before ``now`` (at most K); return how many."""
         k = self._completed_steps(i, now)
-        if k:
-            self.local_sgd(self.clients[i], i, k, self.client_lr[i] * self.lr_factor())
+        with self.speed.contact([i], [k]) as factor:
+            if k:
+                self.local_sgd(self.clients[i], i, k, self.client_lr[i] * self.lr_factor() * factor[0])
         self.record_contact(i, k)
         return k
 
@@ -85,7 +71,9 @@ class QuAFL(Simulation):
         starts after everyone's progress."""
         ks = [self._completed_steps(i, now) for i in contacted]
         f = self.lr_factor()
-        self.local_sgd_many([self.clients[i] for i in contacted], contacted, ks, [self.client_lr[i] * f for i in contacted])
+        with self.speed.contact(contacted, ks) as factor:
+            self.local_sgd_many([self.clients[i] for i in contacted], contacted, ks,
+                                [self.client_lr[i] * f * g for i, g in zip(contacted, factor)])
         for i, k in zip(contacted, ks):
             self.record_contact(i, k)
 
