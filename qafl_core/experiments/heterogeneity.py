@@ -200,8 +200,8 @@ def save_tables(frame: pd.DataFrame, output_dir: str | os.PathLike) -> list[Path
 # ---------------------------------------------------------------------- figure
 def plot(results: pd.DataFrame, frame: pd.DataFrame, data: figures.DatasetChoice, params: Mapping[str, Any]):
     """Top: a 3 x 3 grid (rows α, columns slow/fast ratio) of accuracy against simulated time, one curve per
-    algorithm (mean ± 1 std over seeds), the dashed line at ``at_time``; bottom row: heatmaps of the accuracy
-    at ``at_time`` per algorithm.  Returns the figure."""
+    algorithm (mean ± 1 std over seeds), the dashed line at ``at_time``; bottom rows: heatmaps, per algorithm,
+    of the accuracy and of the p10 client accuracy at ``at_time`` (mean over seeds).  Returns the figure."""
     import seaborn as sns
 
     from qafl_core import plotting
@@ -211,7 +211,7 @@ def plot(results: pd.DataFrame, frame: pd.DataFrame, data: figures.DatasetChoice
     order = list(dict.fromkeys(results["variant"]))
     palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
     ncols = max(len(ratios), len(order))
-    fig, axes = plotting.subplots(ncols, len(alphas) + 1, width=4.2, height=3.2)
+    fig, axes = plotting.subplots(ncols, len(alphas) + 2, width=4.2, height=3.2)
     at = float(params["at_time"])
     x_max = float(results.loc[results["split"] == "test", "time"].max())
     for i, alpha in enumerate(alphas):
@@ -227,24 +227,29 @@ def plot(results: pd.DataFrame, frame: pd.DataFrame, data: figures.DatasetChoice
             ax.axvline(at, color="grey", linestyle="--", linewidth=1)
             if (i, j) != (0, 0) and ax.get_legend() is not None:
                 ax.get_legend().remove()
-            if i < len(alphas) - 1:
-                ax.set_xlabel("")
-    base = len(alphas) * ncols
-    vmin, vmax = 100 * frame["accuracy_at_time_mean"].min(), 100 * frame["accuracy_at_time_mean"].max()
-    for j in range(ncols):
-        ax = axes[base + j]
-        if j >= len(order):
-            ax.set_visible(False)
-            continue
-        part = frame[frame["variant"] == order[j]]
-        grid = part.pivot(index="dirichlet_alpha", columns="speed_ratio", values="accuracy_at_time_mean") * 100
-        sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", vmin=vmin, vmax=vmax, ax=ax, cbar=j == len(order) - 1,
-                    cbar_kws={"label": f"accuracy at t = {at:g} (%)"})
-        ax.set_xticklabels([f"{r:g}" for r in grid.columns])
-        ax.set_yticklabels([f"{a:g}" for a in grid.index], rotation=0)
-        ax.set_xlabel("slow/fast mean step time")
-        ax.set_ylabel("Dirichlet α")
-        ax.set_title(f"{order[j]}: accuracy at t = {at:g}")
+            ax.set_xlabel("simulated time (fast mean step = 2)" if i == len(alphas) - 1 else "")
+    heat = [("accuracy_at_time_mean", "accuracy"), ("accuracy_p10_at_time_mean", "p10 client accuracy")]
+    heat = [(col, name) for col, name in heat if frame[col].notna().any()]   # p10 needs the whole test set
+    for row, (col, name) in enumerate(heat):
+        base = (len(alphas) + row) * ncols
+        vmin, vmax = 100 * frame[col].min(), 100 * frame[col].max()
+        for j in range(ncols):
+            ax = axes[base + j]
+            if j >= len(order):
+                ax.set_visible(False)
+                continue
+            grid = frame[frame["variant"] == order[j]].pivot(index="dirichlet_alpha", columns="speed_ratio",
+                                                             values=col) * 100
+            # explicit tick labels: with "auto" seaborn draws the whole figure once per heatmap (seconds here)
+            sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", vmin=vmin, vmax=vmax, ax=ax,
+                        cbar=j == len(order) - 1, cbar_kws={"label": f"{name} at t = {at:g} (%)"},
+                        xticklabels=[f"{r:g}" for r in grid.columns], yticklabels=[f"{a:g}" for a in grid.index])
+            ax.tick_params(axis="y", labelrotation=0)
+            ax.set_xlabel("slow/fast mean step time")
+            ax.set_ylabel("Dirichlet α")
+            ax.set_title(f"{order[j]}: {name}")
+    for ax in axes[(len(alphas) + len(heat)) * ncols:]:
+        ax.set_visible(False)
     seeds = int(results["seed"].nunique())
     plotting.suptitle(fig, f"Heterogeneity — n = {params['num_clients']}, s = {params['clients_per_round']}, "
                       f"K = {params['local_steps']}, {params['slow_fraction']:.0%} slow — {data.label} "
