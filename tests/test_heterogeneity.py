@@ -148,6 +148,9 @@ def test_headline_refuses_a_target_every_run_starts_at_and_needs_whole_test_set_
     assert rec["time_to_target_refused"] and "starting accuracy" in rec["time_to_target_refused"]
     assert frame["time_to_target_mean"].isna().all() and (frame["reached"] == 0).all()
     assert rec["cells"]["0.1"]["4"]["QuAFL 32-bit"]["time_to_target"] is None
+    md = het.markdown(frame)                       # never "not reached" for a target nobody could miss
+    assert "| 0.1 | 4 | QuAFL 32-bit | 60.0 ± 0.0 | 35.0 ± 7.1 | — | refused¹ |" in md
+    assert "not reached" not in md and "\n¹ target accuracy 10.0 % is at or below the starting accuracy" in md
     frame, rec = het.headline(table[table["split"] == "test"], at_time=40.0, target=0.5)
     assert frame["accuracy_p10_at_time_mean"].isna().all()
     assert json.loads(json.dumps(manifest.jsonable(rec), allow_nan=False))["cells"]["0.1"]["4"]["QuAFL 32-bit"][

@@ -24,7 +24,8 @@ Headline numbers per cell and algorithm, mean ± std over seeds (:func:`headline
 
 Layout: :func:`runs` (the grid for a params dict), :func:`collect` (run or load them, one tidy table with the
 cell columns), :func:`plot`, :func:`headline` (tidy frame + JSON dict), :func:`markdown` and
-:func:`save_tables`.  Runs go through :func:`qafl_core.figures.run_grid` (cache, backends).
+:func:`save_tables`.  Runs go through :func:`qafl_core.figures.run_grid` (cache, backends).  The module is a
+little over 250 lines because it holds the whole experiment (one module per figure: grid, numbers, figure).
 """
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ def headline(results: pd.DataFrame, at_time: float, target: float | None,
     frame = frame.merge(ttt, on=list(CELL), how="left")
     if refused:
         frame = frame.assign(time_to_target_mean=math.nan, time_to_target_std=math.nan, reached=0)
-    frame = frame.assign(at_time=float(at_time), target_accuracy=tgt)
+    frame = frame.assign(at_time=float(at_time), target_accuracy=tgt, target_refused=refused or "")
     order = {v: k for k, v in enumerate(dict.fromkeys(results["variant"]))}   # the params' variant order
     frame = frame.sort_values(["dirichlet_alpha", "speed_ratio", "variant"], key=lambda c: c.map(order)
                               if c.name == "variant" else c).reset_index(drop=True)
@@ -174,16 +175,22 @@ def _pm(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    """The headline frame as a Markdown table (accuracies in %, time to target with how many seeds reached it)."""
+    """The headline frame as a Markdown table (accuracies in %, time to target with how many seeds reached it;
+    "refused¹" and a footnote when the target is at or below the untrained model's accuracy)."""
     t, at = frame["target_accuracy"].iloc[0], frame["at_time"].iloc[0]
+    refused = str(frame["target_refused"].iloc[0] or "") if "target_refused" in frame else ""
     lines = [f"| α | slow/fast | algorithm | accuracy at t = {at:g} (%) | p10 client accuracy at t = {at:g} (%) | "
              f"time to {100 * t:.0f} % | reached |", "|---|---|---|---|---|---|---|"]
     for _, r in frame.iterrows():
         ttt = "not reached" if r["reached"] == 0 else _pm(r["time_to_target_mean"], r["time_to_target_std"], digits=0)
+        reached = f"{int(r['reached'])}/{int(r['runs'])}"
+        if refused:
+            ttt, reached = "—", "refused¹"
         lines.append(f"| {r['dirichlet_alpha']:g} | {r['speed_ratio']:g} | {r['variant']} | "
                      f"{_pm(r['accuracy_at_time_mean'], r['accuracy_at_time_std'], 100)} | "
-                     f"{_pm(r['accuracy_p10_at_time_mean'], r['accuracy_p10_at_time_std'], 100)} | {ttt} | "
-                     f"{int(r['reached'])}/{int(r['runs'])} |")
+                     f"{_pm(r['accuracy_p10_at_time_mean'], r['accuracy_p10_at_time_std'], 100)} | {ttt} | {reached} |")
+    if refused:
+        lines.append(f"\n¹ {refused}")
     return "\n".join(lines) + "\n"
 
 
