@@ -5,6 +5,9 @@ tagged ``parameters`` with plain values (its defaults are the smoke profile, ``p
 so running it by hand takes a minute or two), then run -> plot -> save and a last cell writing
 ``<figure>.metrics.json``.  All logic lives in ``qafl_core.figures`` / ``analysis`` / ``headlines`` /
 ``plotting``; edit those, or the cell sources below, and re-run this script.
+
+Notebooks in :data:`HAND_WRITTEN` are not generated: their ``.ipynb`` is the source (edit it in Jupyter and
+commit it without outputs); this script never writes them.
 """
 from __future__ import annotations
 
@@ -85,6 +88,8 @@ to `output_dir`: by default the git-ignored `notebooks/out/` of this checkout (w
 embedded data), so runs never overwrite each other's figures."""
 
 NOTEBOOKS: dict[str, dict] = {}
+#: notebooks whose committed ``.ipynb`` is itself the source (thin, calling ``qafl_core.experiments``)
+HAND_WRITTEN = ("heterogeneity",)
 
 NOTEBOOKS["fig1_peers"] = dict(
     header="""# Fig. 1 — QuAFL convergence for different numbers of peers s

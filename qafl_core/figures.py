@@ -133,7 +133,8 @@ def choose_dataset(dataset: str, prefer: Sequence[str] = ("femnist",), fallback:
 #: notebook -> the datasets its figure is about, in order of preference (``dataset = "auto"``); the notebooks
 #: pass these to :func:`choose_dataset` and :func:`planned_choices` does the same before they run.
 SUBJECTS = {"fig1_peers": ("celeba", "femnist"), "fig2_bits": ("mnist", "fmnist"),
-            "fig3_averaging": ("celeba", "femnist"), "fig4_vs_fedavg": ("femnist",)}
+            "fig3_averaging": ("celeba", "femnist"), "fig4_vs_fedavg": ("femnist",),
+            "heterogeneity": ("fmnist",)}
 
 
 def planned_choices(notebook: str, params: Mapping[str, Any]) -> list[DatasetChoice]:
