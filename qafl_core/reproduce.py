@@ -283,6 +283,10 @@ def reproduce(args: argparse.Namespace) -> int:
         output_dir = repo_root / "figures" / outputs.profile_folder(args.profile, bool(fallbacks))
     for n in names:
         profiles[n] = {**profiles[n], "profile": args.profile, "output_dir": str(output_dir)}
+    if args.estimate:
+        return _estimate(args, names, profiles, repo_root)
+    if args.json:
+        raise ValueError("--json: only with --estimate")
     if args.list:
         for n in names:
             print(f"{n}: notebooks/{n}.ipynb, params/{n}.{args.profile}.yaml")
@@ -299,6 +303,22 @@ def reproduce(args: argparse.Namespace) -> int:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def _estimate(args: argparse.Namespace, names: list[str], profiles: dict, repo_root: Path) -> int:
+    """``--estimate``: runs, steps, messages, bits, evaluations and the time each notebook would take here
+    (:mod:`qafl_core.experiments.estimate`); nothing is trained or written but the cost cache."""
+    from qafl_core.experiments import estimate
+
+    archive = [p for p in [repo_root / "results" / args.profile] if p.is_dir()]
+    order = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]   # shared runs count once, first
+    found = estimate.estimate({n: profiles[n] for n in order}, archive=archive)
+    print(estimate.to_json(found) if args.json else estimate.format_table(found))
+    if not args.json:
+        print(f"\nprofile '{args.profile}': counts simulated exactly for runs that reach their limit; times are "
+              f"counts x costs measured here ({estimate.default_cost_path()}), without averaging, Python and start-up "
+              "overheads. Runs in the run cache or the results archive count 0.")
+    return 0
 
 
 def plan_fallbacks(profiles: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -392,6 +412,11 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds (default: none)")
     p.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output to the terminal")
     p.add_argument("--list", action="store_true", help="list the selected notebooks and profiles, run nothing")
+    p.add_argument("--estimate", action="store_true",
+                   help="per notebook: runs, local SGD steps, messages, bits, evaluations and the estimated time on "
+                        "this machine, from a simulation of each run's clock without training and measured step "
+                        "costs; runs in the cache or results/<profile> count 0 (qafl_core.experiments.estimate)")
+    p.add_argument("--json", action="store_true", help="with --estimate: print the estimate as JSON")
     p.set_defaults(func=reproduce)
 
 

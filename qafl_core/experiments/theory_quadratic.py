@@ -133,11 +133,15 @@ def grids(params: Mapping[str, Any], mean_steps: float) -> dict[str, list[Run]]:
 def runs(params: Mapping[str, Any], mean_steps: float | None = None) -> list[Run]:
     """Every run of the notebook: :func:`first_runs`, then the :func:`grids` with H = ``mean_steps``.
 
-    H is measured by the first runs; ``None`` stands in K (its upper bound).  H sets only the step sizes of the
-    second stage, not its clocks, rounds or messages, so the runs' counts are the notebook's either way.
+    H is measured by the first runs.  It depends only on the clients' clocks and the server's sampling, not on the
+    models, so with ``mean_steps=None`` it is computed without training, from the first runs simulated on a null
+    task (:func:`qafl_core.experiments.estimate.null_results`): the same value, and so the same runs.
     """
-    h = float(params["local_steps"]) if mean_steps is None else mean_steps
-    g = grids(params, h)
+    if mean_steps is None:
+        from qafl_core.experiments.estimate import null_results
+
+        mean_steps = mean_local_steps(null_results(first_runs(params)), params["slow_fraction"])
+    g = grids(params, mean_steps)
     return first_runs(params) + g["rate"] + g["peers"] + g["local"]
 
 
