@@ -34,7 +34,9 @@ def default_output_dir() -> Path:
     root = checkout_root()
     if root is not None:
         return root / "notebooks" / "out"
-    return Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl")) / "notebooks-out"
+    from qafl_core.cache import cache_root
+
+    return cache_root() / "notebooks-out"
 
 
 def output_folder(output_dir: str | os.PathLike | None) -> str:

@@ -8,7 +8,8 @@ data, else to ``figures/<profile>-embedded/`` (decided before running; :mod:`qaf
 replaces the figures of another profile or data choice.  It keeps going when a notebook fails, prints a table
 of what ran, how long it took, which dataset each figure used, what failed (the failing cell's ``ename:
 evalue``) and where the figures are, updates the folder's ``MANIFEST.json``, and exits non-zero if anything
-failed.
+failed.  With ``--estimate [--json]`` it trains nothing and prints what each notebook would cost here: runs,
+steps, messages, bits, evaluations and time (:mod:`qafl_core.experiments.estimate`).
 
 Runs are shared between notebooks through the hash-keyed run cache (``$QAFL_CACHE_DIR``), so notebooks that
 reuse another's runs (tab1 <- fig5, fig3 <- fig1) are scheduled after it; ``--jobs N`` executes up to N
@@ -16,7 +17,7 @@ notebooks at once (each in its own kernel).  How runs execute reaches each noteb
 parameters (:data:`qafl_core.experiments.common.SETTINGS`): ``backend`` and ``address`` from ``--backend`` /
 ``--address``, ``num_threads`` = cores / N torch threads per kernel.
 
-The module is longer than most (~390 lines): it is the whole batch driver (discovery, profiles, kernels,
+The module is longer than most (~430 lines): it is the whole batch driver (discovery, profiles, kernels,
 scheduling, output folders, report), kept together so that the command reads top to bottom.
 """
 from __future__ import annotations
@@ -154,7 +155,9 @@ def install_private_kernel(root: Path | None = None) -> str:
     """Write a ``qafl-python3`` kernelspec for ``sys.executable`` and prepend its folder to JUPYTER_PATH."""
     import json
 
-    base = root or Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl")) / "jupyter"
+    from qafl_core.cache import cache_root
+
+    base = root or cache_root() / "jupyter"
     spec = base / "kernels" / "qafl-python3"
     spec.mkdir(parents=True, exist_ok=True)
     (spec / "kernel.json").write_text(json.dumps({
@@ -178,12 +181,11 @@ def execute(name: str, notebooks_dir: Path, executed_dir: Path, params: dict[str
             timeout: float | None = None, log_output: bool = False, settings: dict[str, Any] | None = None) -> Outcome:
     """Run one notebook with papermill, with ``params`` and the run ``settings`` (:func:`run_settings`); never
     raises (the error is in the outcome)."""
-    settings = settings or {}
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     out = Outcome(name, executed=executed_dir / f"{name}.{params.get('profile', 'run')}.ipynb")
-    params = {**params, **settings}
+    params = {**params, **(settings or {})}
     start = time.perf_counter()
     try:
         papermill.execute_notebook(str(notebooks_dir / f"{name}.ipynb"), str(out.executed), parameters=params,

@@ -22,11 +22,22 @@ FIGURES = ("fig1_peers", "fig2_bits", "fig3_averaging", "fig4_vs_fedavg", "fig5_
            "tab1_time_to_accuracy", "theory_quadratic")
 
 
+#: the modules beside the figure modules
+HELPERS = ("common", "analysis", "plotting", "manifest", "estimate")
+
+
 def figure(name: str) -> ModuleType | None:
-    """The figure module of notebook ``name``, or None when the notebook has none (a user's own notebook)."""
-    if name not in FIGURES:
+    """The figure module of notebook ``name`` (``qafl_core.experiments.<name>``, with ``runs``), or None when the
+    notebook has none (a user's own notebook)."""
+    if name in HELPERS or not name.isidentifier():
         return None
-    return importlib.import_module(f"qafl_core.experiments.{name}")
+    try:
+        module = importlib.import_module(f"qafl_core.experiments.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"qafl_core.experiments.{name}":
+            return None
+        raise
+    return module if hasattr(module, "runs") else None
 
 
 def planned_choices(name: str, params: Mapping[str, Any]) -> list:

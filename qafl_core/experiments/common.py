@@ -88,8 +88,7 @@ def data_available(name: str, options: Mapping[str, Any] | None = None) -> tuple
     if name == "fmnist":
         root = registry.default_data_root(name)
         return (root is not None and Path(root).is_dir()), f"no Fashion-MNIST files at {root}"
-    base = os.environ.get("QAFL_DATA_DIR")
-    if not base:
+    if registry.default_data_root(name) is None:
         return False, f"QAFL_DATA_DIR is not set, so there is no {PRETTY.get(name, name)} data"
     root = Path(registry.default_data_root(name))
     if name == "femnist":

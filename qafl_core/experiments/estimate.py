@@ -21,6 +21,9 @@ overhead per step, loading the data and starting the kernels, so the time is a l
 real one, not a prediction to the second.  Runs already in the run cache or in the committed results archive
 (``results/<profile>``, :func:`qafl_core.archive.lookup`) cost nothing, and a run two notebooks share (tab1 reuses
 fig5's) is counted once, where it first runs.
+
+The module is longer than most (~380 lines): the null simulation, the cost probe and the report are the one
+command, kept together so that what is exact and what is approximate is visible in one place.
 """
 from __future__ import annotations
 
@@ -290,7 +293,9 @@ class CostCache:
 
 
 def default_cost_path() -> Path:
-    return Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl")) / "estimate-costs.json"
+    from qafl_core.cache import cache_root
+
+    return cache_root() / "estimate-costs.json"
 
 
 # ---------------------------------------------------------------------- per notebook
