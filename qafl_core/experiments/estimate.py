@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from qafl_core.algorithms.base import _Threads, vector_ops_on_one_thread
 from qafl_core.config import RunConfig
 from qafl_core.quantize import IdentityQuantizer, make_quantizer
 from qafl_core.quantize.base import Message
@@ -212,12 +213,14 @@ def _median_time(fn, repeats: int = 3) -> float:
 
 class _Probe:
     """A one-step "simulation" for :func:`qafl_core.runner._execute` whose step measures the costs of ``cfg``'s
-    task and quantizer, so that they are measured under the runner's own thread policy (one intra-op thread for
-    small models: two threads on a busy machine can make a logistic-regression step 20x slower)."""
+    task and quantizer under the engine's own thread policy (the runner's for local SGD and evaluation, one
+    thread for message arithmetic as in every algorithm's step): two threads on a busy machine can make a
+    logistic-regression step 20x slower."""
 
     def __init__(self, cfg: RunConfig, task, budget_s: float):
         self.cfg, self.task, self.budget_s = cfg, task, budget_s
         self.server, self.n, self.time, self.finished, self.costs = task.init_vector().clone(), task.num_clients, 0.0, False, {}
+        self._sgd_threads: int | None = None
 
     def counters(self) -> dict[str, float]:
         return {"time": 0.0, "server_steps": 0, "local_steps": 0, "bits_up": 0, "bits_down": 0}
@@ -228,19 +231,21 @@ class _Probe:
     def done(self) -> bool:
         return self.finished
 
+    @vector_ops_on_one_thread
     def step(self) -> None:
-        cfg, task = self.cfg, self.task
-        row = self.server.clone()
-        task.local_sgd(row, 0, 1, cfg.lr)  # warm-up (allocations, first-call overheads)
-        steps, elapsed = 1, 0.0
-        while elapsed < self.budget_s / 2 and steps <= 64:
-            elapsed = _median_time(lambda: task.local_sgd(row, 0, steps, cfg.lr), 1)
-            steps *= 2
+        cfg, task, x = self.cfg, self.task, self.server
+        row = x.clone()
         evaluate = getattr(task, "evaluate_with_clients", task.evaluate)  # what the runner calls
+        with _Threads(self._sgd_threads):  # local SGD and evaluation on the runner's thread count
+            task.local_sgd(row, 0, 1, cfg.lr)  # warm-up (allocations, first-call overheads)
+            steps, elapsed = 1, 0.0
+            while elapsed < self.budget_s / 2 and steps <= 64:
+                elapsed = _median_time(lambda: task.local_sgd(row, 0, steps, cfg.lr), 1)
+                steps *= 2
+            evaluation = _median_time(lambda: evaluate(x), 1)
         q = make_quantizer(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps, bucket=cfg.qsgd_bucket,
                            segments=task.segments)
-        x = self.server
-        self.costs = {"sgd_step_s": elapsed / (steps // 2), "evaluation_s": _median_time(lambda: evaluate(x), 1),
+        self.costs = {"sgd_step_s": elapsed / (steps // 2), "evaluation_s": evaluation,
                       "message_s": _median_time(lambda: q.decode(q.encode(x, torch.Generator().manual_seed(0)), x))}
         self.finished = True
 
