@@ -21,8 +21,13 @@ from qafl_core import fingerprint, store
 from qafl_core.config import RunConfig
 
 
+def cache_root() -> Path:
+    """``$QAFL_CACHE_DIR`` (default ``~/.cache/qafl``): the run cache, the estimate's costs, private kernels."""
+    return Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl"))
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl")) / "runs"
+    return cache_root() / "runs"
 
 
 def cache_entry(ident, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -2,8 +2,8 @@
 
 * ``qafl reproduce --profile P`` writes ``figures/P/`` when every notebook finds its subject data, and
   ``figures/P-embedded/`` when any of them falls back to embedded data.  The choice is made before anything
-  runs, from the same :func:`qafl_core.figures.choose_dataset` calls the notebooks make
-  (:func:`qafl_core.figures.planned_choices`), so a run without ``QAFL_DATA_DIR`` can never replace the
+  runs, from the same ``choices`` functions of the figure modules the notebooks call
+  (:func:`qafl_core.experiments.planned_choices`), so a run without ``QAFL_DATA_DIR`` can never replace the
   figures of a run on real data, nor a smoke run those of the paper profile.  ``MANIFEST.json`` is per folder.
 * A notebook run by hand (Jupyter), by ``jupyter nbconvert --execute`` or by papermill without an explicit
   ``output_dir`` writes to ``<checkout>/notebooks/out/`` (git-ignored), found from this package's location,
@@ -34,7 +34,9 @@ def default_output_dir() -> Path:
     root = checkout_root()
     if root is not None:
         return root / "notebooks" / "out"
-    return Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl")) / "notebooks-out"
+    from qafl_core.cache import cache_root
+
+    return cache_root() / "notebooks-out"
 
 
 def output_folder(output_dir: str | os.PathLike | None) -> str:

@@ -8,13 +8,16 @@ data, else to ``figures/<profile>-embedded/`` (decided before running; :mod:`qaf
 replaces the figures of another profile or data choice.  It keeps going when a notebook fails, prints a table
 of what ran, how long it took, which dataset each figure used, what failed (the failing cell's ``ename:
 evalue``) and where the figures are, updates the folder's ``MANIFEST.json``, and exits non-zero if anything
-failed.
+failed.  With ``--estimate [--json]`` it trains nothing and prints what each notebook would cost here: runs,
+steps, messages, bits, evaluations and time (:mod:`qafl_core.experiments.estimate`).
 
 Runs are shared between notebooks through the hash-keyed run cache (``$QAFL_CACHE_DIR``), so notebooks that
 reuse another's runs (tab1 <- fig5, fig3 <- fig1) are scheduled after it; ``--jobs N`` executes up to N
-notebooks at once (each in its own kernel), with ``QAFL_NUM_THREADS`` = cores / N torch threads per kernel.
+notebooks at once (each in its own kernel).  How runs execute reaches each notebook as its run-setting
+parameters (:data:`qafl_core.experiments.common.SETTINGS`): ``backend`` and ``address`` from ``--backend`` /
+``--address``, ``num_threads`` = cores / N torch threads per kernel.
 
-The module is longer than most (~390 lines): it is the whole batch driver (discovery, profiles, kernels,
+The module is longer than most (~430 lines): it is the whole batch driver (discovery, profiles, kernels,
 scheduling, output folders, report), kept together so that the command reads top to bottom.
 """
 from __future__ import annotations
@@ -31,7 +34,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from qafl_core import figures, manifest, outputs
+from qafl_core import outputs
+from qafl_core.experiments import manifest, planned_choices
 
 #: Paper order; notebooks found in the folder but not listed here run after these, alphabetically.
 ORDER = ("fig1_peers", "fig2_bits", "fig3_averaging", "fig4_vs_fedavg", "fig5_vs_fedbuff",
@@ -94,8 +98,9 @@ def load_profile(notebooks_dir: Path, name: str, profile: str) -> dict[str, Any]
     return data
 
 
-def check_parameters(notebook: Path, params: dict[str, Any], source: Path | str) -> None:
-    """Every profile key must be a parameter of the notebook (papermill would silently add unknown ones)."""
+def check_parameters(notebook: Path, params: dict[str, Any], source: Path | str) -> set[str]:
+    """Every profile key must be a parameter of the notebook (papermill would silently add unknown ones);
+    returns the notebook's parameter names."""
     import papermill
 
     known = set(papermill.inspect_notebook(str(notebook)))
@@ -103,6 +108,17 @@ def check_parameters(notebook: Path, params: dict[str, Any], source: Path | str)
     if unknown:
         raise ValueError(f"{source}: unknown parameter(s) {', '.join(unknown)} for {notebook.name}; "
                          f"its parameters are: {', '.join(sorted(known))}")
+    return known
+
+
+def run_settings(notebook: Path, known: set[str], jobs: int, backend: str, address: str | None) -> dict[str, Any]:
+    """The run-setting parameters passed to ``notebook`` (those it declares): ``backend``, ``address`` and
+    ``num_threads`` (cores / jobs).  A notebook without a ``backend`` parameter would run locally whatever
+    ``--backend`` says, so asking for another backend then is an error naming it."""
+    if backend != "local" and "backend" not in known:
+        raise ValueError(f"{notebook}: no 'backend' parameter, so its runs cannot go to --backend {backend}")
+    settings = {"backend": backend, "address": address, "num_threads": max(1, (os.cpu_count() or 1) // max(1, jobs))}
+    return {k: v for k, v in settings.items() if k in known}
 
 
 def kernel_name() -> str:
@@ -139,7 +155,9 @@ def install_private_kernel(root: Path | None = None) -> str:
     """Write a ``qafl-python3`` kernelspec for ``sys.executable`` and prepend its folder to JUPYTER_PATH."""
     import json
 
-    base = root or Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl")) / "jupyter"
+    from qafl_core.cache import cache_root
+
+    base = root or cache_root() / "jupyter"
     spec = base / "kernels" / "qafl-python3"
     spec.mkdir(parents=True, exist_ok=True)
     (spec / "kernel.json").write_text(json.dumps({
@@ -152,24 +170,22 @@ def install_private_kernel(root: Path | None = None) -> str:
 
 
 # ---------------------------------------------------------------------- running
-def kernel_environment(repo_root: Path, jobs: int, backend: str, address: str | None) -> dict[str, str]:
-    """Environment variables the kernels inherit: import path, backend, threads per kernel."""
-    env = {"PYTHONPATH": os.pathsep.join([str(repo_root), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "QAFL_BACKEND": backend, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    if address:
-        env["QAFL_RAY_ADDRESS"] = address
-    if "QAFL_NUM_THREADS" not in os.environ:
-        env["QAFL_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
-    return env
+def kernel_environment(repo_root: Path) -> dict[str, str]:
+    """Environment variables the kernels inherit: the import path of this checkout (run settings are notebook
+    parameters, :func:`run_settings`)."""
+    return {"PYTHONPATH": os.pathsep.join([str(repo_root), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
 
 def execute(name: str, notebooks_dir: Path, executed_dir: Path, params: dict[str, Any], kernel: str,
-            timeout: float | None = None, log_output: bool = False) -> Outcome:
-    """Run one notebook with papermill; never raises (the error is in the outcome)."""
+            timeout: float | None = None, log_output: bool = False, settings: dict[str, Any] | None = None) -> Outcome:
+    """Run one notebook with papermill, with ``params`` and the run ``settings`` (:func:`run_settings`); never
+    raises (the error is in the outcome)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     out = Outcome(name, executed=executed_dir / f"{name}.{params.get('profile', 'run')}.ipynb")
+    params = {**params, **(settings or {})}
     start = time.perf_counter()
     try:
         papermill.execute_notebook(str(notebooks_dir / f"{name}.ipynb"), str(out.executed), parameters=params,
@@ -255,12 +271,13 @@ def reproduce(args: argparse.Namespace) -> int:
         raise ValueError(f"--only: unknown notebook(s) {', '.join(unknown)}; available: {', '.join(available)}")
     repo_root = nb_dir.parent
     executed_dir = Path(args.executed_dir).resolve() if args.executed_dir else nb_dir / "executed"
-    profiles = {}
+    profiles, settings = {}, {}
     for n in names:  # validate every profile before running anything
         path = nb_dir / "params" / f"{n}.{args.profile}.yaml"
         params = load_profile(nb_dir, n, args.profile)
-        check_parameters(nb_dir / f"{n}.ipynb", params, path)
+        known = check_parameters(nb_dir / f"{n}.ipynb", params, path)
         profiles[n] = params
+        settings[n] = run_settings(nb_dir / f"{n}.ipynb", known, args.jobs, args.backend, args.address)
     fallbacks = plan_fallbacks(profiles)
     if args.output_dir:
         output_dir = Path(args.output_dir).resolve()
@@ -268,6 +285,10 @@ def reproduce(args: argparse.Namespace) -> int:
         output_dir = repo_root / "figures" / outputs.profile_folder(args.profile, bool(fallbacks))
     for n in names:
         profiles[n] = {**profiles[n], "profile": args.profile, "output_dir": str(output_dir)}
+    if args.estimate:
+        return _estimate(args, names, profiles, repo_root)
+    if args.json:
+        raise ValueError("--json: only with --estimate")
     if args.list:
         for n in names:
             print(f"{n}: notebooks/{n}.ipynb, params/{n}.{args.profile}.yaml")
@@ -278,19 +299,35 @@ def reproduce(args: argparse.Namespace) -> int:
     if fallbacks and not args.output_dir:
         print(f"qafl reproduce: {_fallback_note(fallbacks)}", flush=True)
     saved = dict(os.environ)
-    os.environ.update(kernel_environment(repo_root, args.jobs, args.backend, args.address))  # kernels inherit it
+    os.environ.update(kernel_environment(repo_root))  # kernels inherit it
     try:
-        return _run_all(args, names, profiles, nb_dir, output_dir, executed_dir, repo_root)
+        return _run_all(args, names, profiles, settings, nb_dir, output_dir, executed_dir, repo_root)
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def _estimate(args: argparse.Namespace, names: list[str], profiles: dict, repo_root: Path) -> int:
+    """``--estimate``: runs, steps, messages, bits, evaluations and the time each notebook would take here
+    (:mod:`qafl_core.experiments.estimate`); nothing is trained or written but the cost cache."""
+    from qafl_core.experiments import estimate
+
+    archive = [p for p in [repo_root / "results" / args.profile] if p.is_dir()]
+    order = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]   # shared runs count once, first
+    found = estimate.estimate({n: profiles[n] for n in order}, archive=archive)
+    print(estimate.to_json(found) if args.json else estimate.format_table(found))
+    if not args.json:
+        print(f"\nprofile '{args.profile}': counts simulated exactly for runs that reach their limit; times are "
+              f"counts x costs measured here ({estimate.default_cost_path()}), without averaging, Python and start-up "
+              "overheads. Runs in the run cache or the results archive count 0.")
+    return 0
 
 
 def plan_fallbacks(profiles: dict[str, dict[str, Any]]) -> dict[str, str]:
     """``{notebook: why}`` for every notebook whose profile would make it fall back to embedded data."""
     out = {}
     for name, params in profiles.items():
-        fell = [c for c in figures.planned_choices(name, params) if c.fallback]
+        fell = [c for c in planned_choices(name, params) if c.fallback]
         if fell:
             out[name] = "; ".join(dict.fromkeys(r for c in fell for r in c.reason.split("; ")))
     return out
@@ -302,8 +339,8 @@ def _fallback_note(fallbacks: dict[str, str]) -> str:
     return f"embedded fallback data for {', '.join(fallbacks)} ({reasons})"
 
 
-def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, nb_dir: Path, output_dir: Path,
-             executed_dir: Path, repo_root: Path) -> int:
+def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, settings: dict, nb_dir: Path,
+             output_dir: Path, executed_dir: Path, repo_root: Path) -> int:
     from tqdm import tqdm
 
     kernel = kernel_name()
@@ -318,7 +355,8 @@ def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, nb_dir:
 
     def run_one(name: str) -> Outcome:
         bar.set_postfix_str(name, refresh=True)
-        return execute(name, nb_dir, executed_dir, profiles[name], kernel, args.timeout, args.log_output)
+        return execute(name, nb_dir, executed_dir, profiles[name], kernel, args.timeout, args.log_output,
+                       settings[name])
 
     def finished(o: Outcome) -> None:
         o.dataset, o.files = _read_metrics(output_dir, o.name, started)
@@ -376,6 +414,11 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds (default: none)")
     p.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output to the terminal")
     p.add_argument("--list", action="store_true", help="list the selected notebooks and profiles, run nothing")
+    p.add_argument("--estimate", action="store_true",
+                   help="per notebook: runs, local SGD steps, messages, bits, evaluations and the estimated time on "
+                        "this machine, from a simulation of each run's clock without training and measured step "
+                        "costs; runs in the cache or results/<profile> count 0 (qafl_core.experiments.estimate)")
+    p.add_argument("--json", action="store_true", help="with --estimate: print the estimate as JSON")
     p.set_defaults(func=reproduce)
 
 

@@ -362,7 +362,7 @@ _COMMIT: list = []
 def _git_commit() -> str | None:
     """The commit of the code this process runs (once per process; ``+dirty`` with local changes)."""
     if not _COMMIT:
-        from qafl_core.manifest import git_commit
+        from qafl_core.experiments.manifest import git_commit
 
         _COMMIT.append(git_commit())
     return _COMMIT[0]

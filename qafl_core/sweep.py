@@ -201,8 +201,8 @@ def plot_sweep(results: pd.DataFrame, grid: Mapping[str, list], out: str | Path)
     """Test accuracy and loss (suboptimality / gradient norm for quadratics) of every grid point against
     simulated time and against bits sent (up + down), mean over seeds with a +-1 std band; saved as
     ``out/curves.png`` and ``.pdf``."""
-    from qafl_core import plotting
-    from qafl_core.figures import PRETTY
+    from qafl_core.experiments import plotting
+    from qafl_core.experiments.common import PRETTY
 
     # curve labels: the algorithm/compression columns and plain grid axes that vary (a bundle axis shows up
     # through the columns it sets)

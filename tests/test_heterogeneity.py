@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from qafl_core import figures, headlines, manifest, reproduce
+from qafl_core import reproduce
+from qafl_core.experiments import analysis, common, manifest
 from qafl_core.experiments import heterogeneity as het
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +33,12 @@ def _params(profile: str) -> dict:
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
 def test_run_grid_has_every_cell_algorithm_and_seed(profile):
     p = _params(profile)
-    choice = figures.DatasetChoice(p["dataset"], p["dataset"], dict(p["dataset_options"].get(p["dataset"], {})))
+    choice = common.DatasetChoice(p["dataset"], p["dataset"], dict(p["dataset_options"].get(p["dataset"], {})))
     runs = het.runs(p, choice)
     alphas, ratios, seeds = p["dirichlet_alphas"], p["speed_ratios"], p["seeds"]
     assert (len(alphas), len(ratios), len(p["variants"])) == (3, 3, 3)
     assert len(runs) == len(alphas) * len(ratios) * len(p["variants"]) * len(seeds)
-    assert len(figures.config_hashes(runs)) == len(runs)                   # every run distinct
+    assert len(common.config_hashes(runs)) == len(runs)                   # every run distinct
     want = {(float(a), float(r), algo, int(s)) for a, r, algo, s in
             itertools.product(alphas, ratios, ("quafl", "fedavg", "fedbuff"), seeds)}
     got = set()
@@ -65,20 +66,20 @@ def test_smoke_profile_is_the_brief_setting():
 def test_run_grid_rejects_bad_axes():
     p = {**_params("smoke"), "speed_ratios": [0.5, 4.0]}
     with pytest.raises(ValueError, match="speed_ratios"):
-        het.runs(p, figures.DatasetChoice("synthetic", "synthetic"))
+        het.runs(p, common.DatasetChoice("synthetic", "synthetic"))
     p = {**_params("smoke"), "dirichlet_alphas": [1.0, 1.0]}
     with pytest.raises(ValueError, match="dirichlet_alphas"):
-        het.runs(p, figures.DatasetChoice("synthetic", "synthetic"))
+        het.runs(p, common.DatasetChoice("synthetic", "synthetic"))
     p = {**_params("smoke"), "dirichlet_alphas": [0.0]}
     with pytest.raises(ValueError, match="dirichlet_alpha"):
-        het.runs(p, figures.DatasetChoice("synthetic", "synthetic"))
+        het.runs(p, common.DatasetChoice("synthetic", "synthetic"))
 
 
 def test_reproduce_plans_the_same_dataset_as_the_notebook(monkeypatch):
     """The smoke profile runs on embedded data (no fallback: the real-data folder); the paper one on Fashion-MNIST."""
     assert het.choice(_params("smoke")).name == "synthetic" and not het.choice(_params("smoke")).fallback
     assert reproduce.plan_fallbacks({"heterogeneity": _params("smoke")}) == {}
-    monkeypatch.setattr(figures, "data_available", lambda name, options=None: (False, "no Fashion-MNIST files"))
+    monkeypatch.setattr(common, "data_available", lambda name, options=None: (False, "no Fashion-MNIST files"))
     fell = het.choice(_params("paper"))
     assert fell.fallback and fell.requested == "fmnist" and fell.name == "synthetic"
     assert "heterogeneity" in reproduce.plan_fallbacks({"heterogeneity": _params("paper")})
@@ -167,7 +168,7 @@ def test_save_tables_writes_csv_and_markdown(tmp_path):
 
 
 def test_headline_final_window_matches_the_other_figures():
-    assert headlines.FINAL_WINDOW == 3     # the hand-computed numbers above assume it
+    assert analysis.FINAL_WINDOW == 3     # the hand-computed numbers above assume it
 
 
 # ---------------------------------------------------------------------- the notebook
@@ -185,6 +186,7 @@ def _parameters_cell():
 def test_notebook_parameters_cell_is_the_smoke_profile():
     nb, values = _parameters_cell()
     assert values.pop("profile") == "interactive" and values.pop("output_dir") is None
+    assert (values.pop("backend"), values.pop("address"), values.pop("num_threads")) == ("local", None, None)
     assert values == _params("smoke")
     assert set(_params("paper")) == set(_params("smoke"))
 

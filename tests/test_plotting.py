@@ -1,4 +1,4 @@
-"""Tests of qafl_core.analysis (reductions of results tables) and qafl_core.plotting (panels, saving)."""
+"""Tests of qafl_core.experiments.plotting (panels, saving) and of the reductions the figures plot."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qafl_core import analysis, headlines, plotting
+from qafl_core.experiments import analysis, fig1_peers, plotting
+from qafl_core.experiments import tab1_time_to_accuracy as tab1
 from qafl_core.runner import COLUMNS
 
 
@@ -88,15 +89,16 @@ def test_missing_metric_is_a_clear_error(results):
 
 def test_headlines_relative_target_and_tab1(results):
     # relative target: 0.5 x the best final accuracy, A's mean over seeds of its last 3 evaluations
-    assert headlines.target_accuracy(results, None, 0.5) == pytest.approx(0.5 * (0.4 + 0.6 + 0.7 + 0.5 + 0.6 + 0.9) / 6)
-    assert headlines.target_accuracy(results, 0.3, 0.5) == 0.3
-    frame = headlines.tab1_frame(results, {"synthetic": 0.55}, 0.8)
+    assert analysis.target_accuracy(results, None, 0.5) == pytest.approx(0.5 * (0.4 + 0.6 + 0.7 + 0.5 + 0.6 + 0.9) / 6)
+    assert analysis.target_accuracy(results, 0.3, 0.5) == 0.3
+    frame = tab1.frame(results, {"target_accuracy": {"synthetic": 0.55}, "target_fraction": 0.8})
     assert frame.set_index("algorithm").loc["A", "final_accuracy_mean"] == pytest.approx((0.6 + 0.7 + 0.6 + 0.9 + 0.4 + 0.5) / 6)
-    md = headlines.tab1_markdown(frame)
+    md = tab1.markdown(frame)
     assert "| synthetic | A | 55.0 % | 20 ± 0 |" in md and "not reached" in md
-    h = headlines.fig1(results, [1, 2], ["A", "B"], None, 0.8)
+    as_peers = results.assign(label=results["label"].map({"A": "s = 1", "B": "s = 2"}))
+    h = fig1_peers.headline(as_peers, {"peers": [1, 2], "target_accuracy": None, "target_fraction": 0.8})
     assert h["final_accuracy_rank_correlation_with_s"] == pytest.approx(-1.0)
-    assert h["zero_step_fraction_slow"]["A"] == pytest.approx(0.255)
+    assert h["zero_step_fraction_slow"]["s = 1"] == pytest.approx(0.255)
 
 
 def test_panels_and_save(tmp_path, results):
@@ -122,7 +124,7 @@ def test_bits_axis_switches_to_gbit():
 
 
 def test_comparison_figure_keeps_colours_across_datasets():
-    from qafl_core.figures import DatasetChoice
+    from qafl_core.experiments.common import DatasetChoice
 
     t = [0.0, 10.0, 20.0]
     res = pd.concat([_run("A", 0, t, [0.1, 0.2, 0.3], dataset="d1"), _run("B", 0, t, [0.1, 0.3, 0.5], dataset="d1"),

@@ -1,5 +1,6 @@
-"""Tests of ``qafl reproduce`` (qafl_core.reproduce), the notebook helpers (qafl_core.figures) and the
-manifest (qafl_core.manifest), on tiny generated notebooks — the real notebooks are in test_notebooks.py."""
+"""Tests of ``qafl reproduce`` (qafl_core.reproduce), the figure modules' shared helpers
+(qafl_core.experiments.common, the theory grids) and the manifest (qafl_core.experiments.manifest), on tiny
+generated notebooks — the real notebooks are in test_notebooks.py."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,10 @@ import nbformat
 import numpy as np
 import pytest
 
-from qafl_core import figures, manifest, outputs, reproduce, theory_grids
+from qafl_core import outputs, reproduce
+from qafl_core.experiments import common as figures
+from qafl_core.experiments import fig2_bits, fig3_averaging, fig4_vs_fedavg, manifest
+from qafl_core.experiments import theory_quadratic as theory_grids
 from qafl_core.cache import cache_entry
 from qafl_core.cli import main as qafl_main
 from qafl_core.fingerprint import run_identity
@@ -65,12 +69,15 @@ def test_parse_variant_and_special_grids():
     for bad in ("quafl", "sgd identity", "quafl lattice"):
         with pytest.raises(ValueError, match="variants"):
             figures.parse_variant(bad)
-    grid = figures.spec_grid(["quafl lattice:12", "fedavg identity"], baseline=True)
-    assert list(grid)[-1] == figures.BASELINE_LABEL and grid[figures.BASELINE_LABEL]["slow_fraction"] == 1.0
-    assert list(figures.bits_grid([8, 32])) == ["8 bits (lattice)", "32 bits (full precision)"]
-    assert figures.averaging_grid(["client only"]) == {"averaging: client only": {"server_averaging": False, "client_averaging": True}}
+    grid = fig4_vs_fedavg.grid({"variants": ["quafl lattice:12", "fedavg identity"], "baseline": True})
+    assert list(grid)[-1] == fig4_vs_fedavg.BASELINE_LABEL
+    assert grid[fig4_vs_fedavg.BASELINE_LABEL]["slow_fraction"] == 1.0
+    assert list(figures.spec_grid(["quafl lattice:12", "fedavg identity"])) == ["QuAFL lattice:12", "FedAvg 32-bit"]
+    assert list(fig2_bits.bits_grid([8, 32])) == ["8 bits (lattice)", "32 bits (full precision)"]
+    assert fig3_averaging.averaging_grid(["client only"]) == \
+        {"averaging: client only": {"server_averaging": False, "client_averaging": True}}
     with pytest.raises(ValueError, match="averaging: unknown variant"):
-        figures.averaging_grid(["sideways"])
+        fig3_averaging.averaging_grid(["sideways"])
 
 
 def test_comparison_runs_are_identical_for_fig5_and_tab1():
@@ -89,7 +96,7 @@ def test_theory_step_size_and_grids():
     with pytest.raises(ValueError, match="H must be > 0"):
         theory_grids.theorem_lr(9, 3, 0.0, 100)
     base = theory_grids.theory_base(8, 3, 5, 10, 1.0, 1.0, round_time=2.0)
-    groups = theory_grids.theory_runs(base, "lattice", 16, [10, 40], [1, 2], [1, 5], 2.0, 1.0, seeds=[0])
+    groups = theory_grids.grids_of(base, "lattice", 16, [10, 40], [1, 2], [1, 5], 2.0, 1.0, seeds=[0])
     rate = groups["rate"]
     assert [r.config.max_server_steps for r in rate] == [10, 40]
     assert rate[0].config.lr == pytest.approx(2 * rate[1].config.lr)   # eta ~ 1/sqrt(T)
@@ -105,17 +112,18 @@ def test_run_grid_uses_the_cache_and_the_backend_hook(tmp_path, monkeypatch):
     assert (cache_entry(run_identity(runs[0].config), tmp_path) / "results.csv").is_file()
     again = figures.run_variants(runs, cache_dir=tmp_path)
     assert np.allclose(first["value"], again["value"]) and set(again["label"]) == {"a"}
-    monkeypatch.setenv("QAFL_BACKEND", "nonexistent")
     calls = {}
     fake = type(sys)("qafl_core.backend")
     fake.run_many = lambda configs, backend, address, cache_dir: calls.update(n=len(configs), backend=backend) or [first]
     monkeypatch.setitem(sys.modules, "qafl_core.backend", fake)
-    assert len(figures.run_grid([r.config for r in runs])) == 1 and calls == {"n": 1, "backend": "nonexistent"}
+    assert len(figures.run_grid([r.config for r in runs])) == 1 and calls == {}      # local unless asked
+    assert len(figures.run_grid([r.config for r in runs], backend="nonexistent")) == 1
+    assert calls == {"n": 1, "backend": "nonexistent"}
     bad = first.iloc[:1].assign(split="status", metric="failed")
     bad.attrs["error"] = "OOM"
     fake.run_many = lambda configs, backend, address, cache_dir: [bad]
     with pytest.raises(RuntimeError, match="1 of 1 runs failed on the nonexistent backend: .*OOM"):
-        figures.run_grid([r.config for r in runs])
+        figures.run_grid([r.config for r in runs], backend="nonexistent")
 
 
 # ---------------------------------------------------------------------- manifest
@@ -228,7 +236,7 @@ def test_git_commit_ignores_the_suites_own_figures(tmp_path):
     import shutil
     import subprocess
 
-    from qafl_core.manifest import git_commit
+    from qafl_core.experiments.manifest import git_commit
 
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
@@ -254,8 +262,9 @@ def _subject_notebook(nb_dir: Path, name: str) -> None:
     params = nbformat.v4.new_code_cell('profile = "interactive"\noutput_dir = None\ndataset = "auto"\n'
                                        'fallback_dataset = "synthetic"\ndataset_options = {}')
     params.metadata["tags"] = ["parameters"]
-    body = ("import json, pathlib\nfrom qafl_core import figures, outputs\noutput_dir = outputs.output_folder(output_dir)\n"
-            f"c = figures.choose_dataset(dataset, prefer=figures.SUBJECTS[{name!r}], fallback=fallback_dataset)\n"
+    body = ("import json, pathlib\nfrom qafl_core import outputs\nfrom qafl_core.experiments import figure\n"
+            "output_dir = outputs.output_folder(output_dir)\n"
+            f"c = figure({name!r}).choices(dict(dataset=dataset, fallback_dataset=fallback_dataset))[0]\n"
             f"pathlib.Path(output_dir, '{name}.metrics.json').write_text(json.dumps({{'embedded_fallback': c.fallback, "
             "'datasets': [c.to_dict()], 'files': []}))")
     nb.cells = [params, nbformat.v4.new_code_cell(body)]
@@ -334,5 +343,35 @@ def test_committed_notebooks_default_to_the_git_ignored_folder(name):
     k = next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
     assert "\noutput_dir = None  #" in code[k].source
     assert code[k + 1].source.startswith("output_dir = outputs.output_folder(output_dir)\n")
-    if name in figures.SUBJECTS:   # the data choice qafl reproduce plans is the one the notebook makes
-        assert f'prefer=figures.SUBJECTS["{name}"]' in code[k + 1].source
+    # the data choice qafl reproduce plans (the figure module's choices) is the one the notebook's runs make
+    assert f"{name}.runs(params" in code[k + 1].source and f"{name}.choices(params)" in "".join(c.source for c in code)
+
+
+def test_run_settings_reach_the_notebooks_as_parameters(tmp_path, monkeypatch, capsys):
+    """Backend, address and threads are notebook parameters, not environment variables; a notebook that cannot
+    take a backend refuses a non-local one instead of running locally."""
+    nb_dir = tmp_path / "notebooks"
+    (nb_dir / "params").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "interactive"\noutput_dir = "."\nbackend = "local"\n'
+                                       'address = None\nnum_threads = None\nvalue = 1')
+    params.metadata["tags"] = ["parameters"]
+    body = ("import json, os, pathlib\npathlib.Path(output_dir, 'st.metrics.json').write_text(json.dumps("
+            "{'settings': [backend, address, num_threads], 'env': sorted(k for k in os.environ if k in "
+            "('QAFL_BACKEND', 'QAFL_RAY_ADDRESS', 'QAFL_NUM_THREADS')), 'datasets': [], 'files': []}))")
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nb_dir / "st.ipynb")
+    (nb_dir / "params" / "st.smoke.yaml").write_text("value: 2\n")
+    monkeypatch.setattr(reproduce.os, "cpu_count", lambda: 4)
+    argv = ["reproduce", "--notebooks-dir", str(nb_dir), "--output-dir", str(tmp_path / "f"), "--jobs", "2"]
+    assert qafl_main(argv) == 0
+    rec = json.loads((tmp_path / "f" / "st.metrics.json").read_text())
+    assert rec["settings"] == ["local", None, 2] and rec["env"] == []
+    assert reproduce.run_settings(nb_dir / "st.ipynb", {"backend", "address", "num_threads"}, 1, "ray", "h:1") == \
+        {"backend": "ray", "address": "h:1", "num_threads": 4}
+    capsys.readouterr()
+    _notebook(nb_dir / "plain.ipynb", "pass")
+    (nb_dir / "params" / "plain.smoke.yaml").write_text("value: 2\n")
+    assert qafl_main(argv[:-2] + ["--only", "plain", "--backend", "ray"]) == 2
+    assert "plain.ipynb: no 'backend' parameter" in capsys.readouterr().err

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import qafl_core.runner as runner
-from qafl_core import figures, fingerprint, store
+from qafl_core import fingerprint, store
+from qafl_core.experiments import common as figures
 from qafl_core.cache import cache_entry, load_or_run
 from qafl_core.cli import main
 from qafl_core.config import RunConfig

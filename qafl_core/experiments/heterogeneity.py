@@ -13,18 +13,18 @@ systematically.  This experiment crosses them on a 3 x 3 grid:
 Headline numbers per cell and algorithm, mean ± std over seeds (:func:`headline`):
 
 * ``accuracy_at_time``: server-model test accuracy at the fixed simulated time ``at_time``, the mean of the
-  run's last :data:`qafl_core.headlines.FINAL_WINDOW` evaluations at or before it (the "final accuracy"
+  run's last :data:`qafl_core.analysis.FINAL_WINDOW` evaluations at or before it (the "final accuracy"
   convention of the other figures, cut at ``at_time``; the t = 0 evaluation counts only when it is the only
   one, e.g. a FedAvg run whose first round ends after ``at_time``);
 * ``accuracy_p10_at_time``: the same for the 10th percentile over clients of each client's own test accuracy
   (rows ``split=clients``, as LEAF reports; absent when ``eval_max_samples`` subsamples the test set);
 * ``time_to_target``: simulated time of the first evaluation at or above ``target_accuracy``, mean ± std over
   the seeds that reached it, with ``reached`` = how many of ``runs`` did; refused (null, with the reason)
-  when the target is at or below the untrained model's accuracy (:func:`qafl_core.headlines.target_refusal`).
+  when the target is at or below the untrained model's accuracy (:func:`qafl_core.analysis.target_refusal`).
 
 Layout: :func:`runs` (the grid for a params dict), :func:`collect` (run or load them, one tidy table with the
 cell columns), :func:`plot`, :func:`headline` (tidy frame + JSON dict), :func:`markdown` and
-:func:`save_tables`.  Runs go through :func:`qafl_core.figures.run_grid` (cache, backends).  The module is a
+:func:`save_tables`.  Runs go through :func:`qafl_core.experiments.common.run_grid` (cache, backends).  The module is a
 little over 250 lines because it holds the whole experiment (one module per figure: grid, numbers, figure).
 """
 from __future__ import annotations
@@ -36,20 +36,30 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from qafl_core import analysis, figures, headlines
+from qafl_core.experiments import analysis, common, plotting
 from qafl_core.store import atomic_write
 
-FIGURE = "heterogeneity"
+FIGURE = NAME = "heterogeneity"
+SUBJECTS = ("fmnist",)
+PARAMETERS = ("dataset", "fallback_dataset", "dataset_options", "model", "seeds", "num_clients", "clients_per_round",
+              "local_steps", "variants", "dirichlet_alphas", "speed_ratios", "slow_fraction", "fast_mean", "lattice_eps",
+              "sit", "swt", "lr", "batch_size", "time_limit", "eval_every", "eval_max_samples", "at_time",
+              "target_accuracy", "target_fraction", "extra")
 #: the cell and algorithm columns :func:`collect` adds to the results table
 CELL = ("dirichlet_alpha", "speed_ratio", "variant")
-#: config keys the notebook passes through to every run (per-dataset mappings allowed, see figures.base_config)
+#: config keys the notebook passes through to every run (per-dataset mappings allowed, see common.base_config)
 BASE_KEYS = ("lr", "model", "num_clients", "clients_per_round", "local_steps", "batch_size", "lattice_eps",
              "slow_fraction", "fast_mean", "sit", "swt", "time_limit", "eval_every", "eval_max_samples")
 
 
-def choice(params: Mapping[str, Any]) -> figures.DatasetChoice:
-    """The dataset of the experiment: the same choice ``qafl reproduce`` plans (:func:`figures.planned_choices`)."""
-    return figures.planned_choices(FIGURE, params)[0]
+def choices(params: Mapping[str, Any]) -> list[common.DatasetChoice]:
+    """The dataset the experiment uses with ``params`` (one), as ``qafl reproduce`` plans it."""
+    return [choice(params)]
+
+
+def choice(params: Mapping[str, Any]) -> common.DatasetChoice:
+    """The dataset of the experiment: the same choice ``qafl reproduce`` plans (:func:`common.planned_choices`)."""
+    return common.subject_choice(params, SUBJECTS)
 
 
 def cell_label(variant: str, alpha: float, ratio: float) -> str:
@@ -57,7 +67,7 @@ def cell_label(variant: str, alpha: float, ratio: float) -> str:
     return f"{variant}, α = {alpha:g}, slow/fast = {ratio:g}"
 
 
-def runs(params: Mapping[str, Any], data: figures.DatasetChoice | None = None) -> list[figures.Run]:
+def runs(params: Mapping[str, Any], data: common.DatasetChoice | None = None) -> list[common.Run]:
     """Every run of the grid: dirichlet_alphas x speed_ratios x variants x seeds (in that nesting order).
 
     Args:
@@ -76,26 +86,27 @@ def runs(params: Mapping[str, Any], data: figures.DatasetChoice | None = None) -
     if min(ratios) < 1:
         raise ValueError(f"speed_ratios: slow/fast mean step-time ratios must be >= 1, got {params['speed_ratios']!r}")
     keys = {k: params[k] for k in BASE_KEYS if k in params}
-    base = figures.base_config(data, **keys, **dict(params.get("extra") or {}))
+    base = common.base_config(data, **keys, **dict(params.get("extra") or {}))
     fast = float(base.get("fast_mean", 2.0))
     grid: dict[str, dict[str, Any]] = {}
     for alpha in alphas:
         for ratio in ratios:
-            for variant, over in figures.spec_grid(figures.per_dataset(params["variants"], data.name, "variants")).items():
+            for variant, over in common.spec_grid(common.per_dataset(params["variants"], data.name, "variants")).items():
                 grid[cell_label(variant, alpha, ratio)] = {**over, "partition": "dirichlet", "dirichlet_alpha": alpha,
                                                            "timing": "exponential", "slow_mean": fast * ratio}
-    return figures.variants(base, grid, params["seeds"])
+    return common.variants(base, grid, params["seeds"])
 
 
 def variant_name(cfg) -> str:
-    """``"QuAFL 32-bit"`` / ``"QuAFL lattice:12"`` of a config (the labels of :func:`figures.parse_variant`)."""
+    """``"QuAFL 32-bit"`` / ``"QuAFL lattice:12"`` of a config (the labels of :func:`common.parse_variant`)."""
     comp = "32-bit" if cfg.quantizer == "identity" else f"{cfg.quantizer}:{cfg.bits}"
-    return f"{figures.ALGORITHM_NAMES.get(cfg.algorithm, cfg.algorithm)} {comp}"
+    return f"{common.ALGORITHM_NAMES.get(cfg.algorithm, cfg.algorithm)} {comp}"
 
 
-def collect(grid: Sequence[figures.Run], cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Run (or load from the cache) every run; one long table with ``label`` and the :data:`CELL` columns."""
-    frames = figures.run_grid([r.config for r in grid], cache_dir=cache_dir)
+def collect(grid: Sequence[common.Run], cache_dir: str | os.PathLike | None = None, **settings: Any) -> pd.DataFrame:
+    """Run (or load from the cache) every run; one long table with ``label`` and the :data:`CELL` columns.
+    ``settings``: :func:`qafl_core.experiments.common.run_grid`'s ``backend``, ``address``, ``num_threads``."""
+    frames = common.run_grid([r.config for r in grid], cache_dir=cache_dir, **settings)
     parts = [df.assign(label=r.label, dirichlet_alpha=float(r.config.dirichlet_alpha),
                        speed_ratio=float(r.config.slow_mean) / float(r.config.fast_mean),
                        variant=variant_name(r.config)) for r, df in zip(grid, frames)]
@@ -106,7 +117,7 @@ def collect(grid: Sequence[figures.Run], cache_dir: str | os.PathLike | None = N
 def _at_time(results: pd.DataFrame, at_time: float, metric: str, split: str) -> pd.DataFrame:
     """Mean ± std over seeds, per cell, of the mean of each run's last FINAL_WINDOW evaluations at time <= at_time."""
     rows = results[results["time"] <= float(at_time) + 1e-9]
-    per_run = analysis.last_values(rows, metric, split, CELL, headlines.FINAL_WINDOW)
+    per_run = analysis.last_values(rows, metric, split, CELL, analysis.FINAL_WINDOW)
     return analysis.summarize(per_run, CELL)
 
 
@@ -129,8 +140,8 @@ def headline(results: pd.DataFrame, at_time: float, target: float | None,
         ``reached``, ``runs``; ``record`` is the JSON headline (``cells[α][ratio][variant]``, the target block
         of the other figures, and ``final_accuracy`` per label).
     """
-    tgt = headlines.target_accuracy(results, target, target_fraction)
-    block = headlines.time_to_target(results, tgt)            # target, starting accuracy, refusal (by label)
+    tgt = analysis.target_accuracy(results, target, target_fraction)
+    block = analysis.target_summary(results, tgt)            # target, starting accuracy, refusal (by label)
     refused = block["time_to_target_refused"]
     acc = _at_time(results, at_time, "accuracy", "test")
     frame = acc.rename(columns={"mean": "accuracy_at_time_mean", "std": "accuracy_at_time_std", "n": "seeds"})
@@ -162,7 +173,7 @@ def headline(results: pd.DataFrame, at_time: float, target: float | None,
         }
     record = {"at_time": float(at_time), "target_accuracy": tgt, "starting_accuracy": block["starting_accuracy"],
               "time_to_target_refused": refused, "cells": cells,
-              "final_accuracy": headlines.table(results)}
+              "final_accuracy": analysis.table(results)}
     return frame, record
 
 
@@ -205,13 +216,11 @@ def save_tables(frame: pd.DataFrame, output_dir: str | os.PathLike) -> list[Path
 
 
 # ---------------------------------------------------------------------- figure
-def plot(results: pd.DataFrame, frame: pd.DataFrame, data: figures.DatasetChoice, params: Mapping[str, Any]):
+def plot(results: pd.DataFrame, frame: pd.DataFrame, data: common.DatasetChoice, params: Mapping[str, Any]):
     """Top: a 3 x 3 grid (rows α, columns slow/fast ratio) of accuracy against simulated time, one curve per
     algorithm (mean ± 1 std over seeds), the dashed line at ``at_time``; bottom rows: heatmaps, per algorithm,
     of the accuracy and of the p10 client accuracy at ``at_time`` (mean over seeds).  Returns the figure."""
     import seaborn as sns
-
-    from qafl_core import plotting
 
     alphas = sorted(results["dirichlet_alpha"].unique())
     ratios = sorted(results["speed_ratio"].unique())
@@ -260,7 +269,7 @@ def plot(results: pd.DataFrame, frame: pd.DataFrame, data: figures.DatasetChoice
     seeds = int(results["seed"].nunique())
     plotting.suptitle(fig, f"Heterogeneity — n = {params['num_clients']}, s = {params['clients_per_round']}, "
                       f"K = {params['local_steps']}, {params['slow_fraction']:.0%} slow — {data.label} "
-                      f"[{figures.model_label(figures.base_config(data, model=params.get('model', 'auto')))}]",
+                      f"[{common.model_label(common.base_config(data, model=params.get('model', 'auto')))}]",
                       "rows: data heterogeneity (Dirichlet α); columns: slow/fast mean step time (fast mean fixed); "
                       + plotting.band_note(seeds))
     return fig

@@ -1,15 +1,28 @@
 """Reductions of results tables (``qafl_core.runner.COLUMNS``) into the numbers and curves of the figures.
 
-Every function takes the long table returned by :func:`qafl_core.figures.run_variants` (one row per
+Every function takes the long table returned by :func:`qafl_core.experiments.common.run_variants` (one row per
 evaluation point and metric, plus a ``label`` column) and works per *run* — a run is one
 ``config_hash`` — before aggregating over seeds, so mean ± std always means "over seeds".
 The paper code's plots have these x-axes (docs/timing.md#counters-and-x-axes): simulated time, server steps, local steps and
 transferred bits (``bits_up + bits_down``; 2b per interaction).
+
+The second half holds the building blocks of every figure's headline numbers (each figure's own reduction is
+its module's ``headline``, e.g. :func:`qafl_core.experiments.fig1_peers.headline`).  Accuracies are fractions
+in [0, 1]; a "final" test metric is the mean of a run's last :data:`FINAL_WINDOW` evaluations.
+
+Time-to-target numbers cannot mislead (issue 11, item 10): a target at or below the *starting accuracy* (the
+best accuracy of any run's untrained model, its evaluation at t = 0) is refused — ``time_to_target`` is
+``null`` and ``time_to_target_refused`` says why — because every run "reaches" it at once; and a speed-up is
+reported only as a :func:`speedup` record that carries both final accuracies and how many runs reached the
+target, with ``value`` ``null`` (and a reason) unless every run of both groups reached it.
+
+The module is longer than most (~280 lines): per-run reductions and the headline blocks built on them are one
+layer, used together by every figure module.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -164,3 +177,102 @@ def last_sim(df: pd.DataFrame, metric: str, by: Sequence[str] = ("label",)) -> p
 def as_dict(table: pd.DataFrame, key: str, cols: Sequence[str] = ("mean", "std")) -> dict:
     """``{row[key]: {col: value}}`` — the JSON shape of headline tables."""
     return {str(r[key]): {c: r[c] for c in cols} for _, r in table.iterrows()}
+
+
+# ---------------------------------------------------------------------- headline building blocks
+#: "final" test metrics are the mean of a run's last FINAL_WINDOW evaluations (federated curves are noisy);
+#: simulator statistics are cumulative, so their last value is used.
+FINAL_WINDOW = 3
+
+
+def table(results: pd.DataFrame, metric: str = "accuracy", split: str = "test", by: str = "label") -> dict:
+    """``{group: {"mean", "std", "n"}}`` over seeds of the final value of ``metric``."""
+    window = 1 if split == "sim" else FINAL_WINDOW
+    return as_dict(final(results, metric, split, (by,), window), by, ("mean", "std", "n"))
+
+
+def means(results: pd.DataFrame, metric: str = "accuracy", split: str = "test", by: str = "label") -> dict:
+    """``{group: mean final value}``; groups without the metric (e.g. no fast client) are left out."""
+    if split == "sim" and not ((results["split"] == split) & (results["metric"] == metric)).any():
+        return {}
+    return {k: v["mean"] for k, v in table(results, metric, split, by).items()}
+
+
+def target_accuracy(results: pd.DataFrame, target: float | None, fraction: float) -> float:
+    """``target`` if given, else ``fraction`` x the best mean final accuracy of any group (relative target)."""
+    if target is not None:
+        return float(target)
+    return float(fraction) * max(means(results).values())
+
+
+def time_to(results: pd.DataFrame, target: float, by: str = "label") -> dict:
+    """``{group: {"time_mean", "time_std", "mbit_mean", "mbit_std", "reached", "runs"}}`` to reach ``target``."""
+    per_run = time_to_target(results, target, by=(by,))
+    s = summarize_time_to_target(per_run, (by,))
+    return as_dict(s, by, ("time_mean", "time_std", "mbit_mean", "mbit_std", "reached", "runs"))
+
+
+def _ratio(a: float | None, b: float | None) -> float:
+    return a / b if a is not None and b is not None and b > 0 and math.isfinite(a) and math.isfinite(b) else math.nan
+
+
+def starting_accuracy(results: pd.DataFrame) -> float:
+    """The best test accuracy of any run's first evaluation (its untrained model, t = 0)."""
+    return float(first_values(results)["value"].max())
+
+
+def target_refusal(results: pd.DataFrame, target: float) -> str | None:
+    """Why ``target`` cannot be a time-to-target threshold (None when it can): at or below the starting accuracy,
+    some run "reaches" it before learning anything."""
+    start = starting_accuracy(results)
+    if target <= start:
+        return (f"target accuracy {100 * target:.1f} % is at or below the starting accuracy {100 * start:.1f} % "
+                f"(the untrained model's, t = 0): time to reach it measures nothing; set a higher target_accuracy")
+    return None
+
+
+def target_summary(results: pd.DataFrame, target: float, by: str = "label") -> dict[str, Any]:
+    """``target_accuracy``, ``starting_accuracy``, ``time_to_target`` (:func:`time_to`, or None when refused)
+    and ``time_to_target_refused`` (the reason, or None): the block every figure's headline carries."""
+    refused = target_refusal(results, target)
+    return {"target_accuracy": target, "starting_accuracy": starting_accuracy(results),
+            "time_to_target": None if refused else time_to(results, target, by), "time_to_target_refused": refused}
+
+
+def speedup(results: pd.DataFrame, fast: str, slow: str, target: float, by: str = "label") -> dict[str, Any]:
+    """``slow``'s time to ``target`` over ``fast``'s, with both final accuracies beside it.
+
+    ``value`` is None (``reason`` says why) when the target is refused (:func:`target_refusal`) or when either
+    group did not reach it in every run (means over different subsets of seeds are not comparable).
+    ``note`` flags a group that gets to the target sooner but finishes lower.
+    """
+    acc = means(results)
+    out: dict[str, Any] = {"value": None, "of": fast, "over": slow, "target_accuracy": target,
+                           "final_accuracy": {fast: acc.get(fast, math.nan), slow: acc.get(slow, math.nan)},
+                           "time_to_target": {fast: None, slow: None}, "reached": {fast: None, slow: None},
+                           "reason": target_refusal(results, target), "note": ""}
+    if out["reason"] is not None:
+        return out
+    ttt = time_to(results, target, by)
+    for g in (fast, slow):
+        t = ttt.get(g, {})
+        out["time_to_target"][g] = t.get("time_mean")
+        out["reached"][g] = f"{int(t.get('reached', 0))}/{int(t.get('runs', 0))}"
+    short = [g for g in (fast, slow) if not ttt.get(g) or ttt[g]["reached"] < ttt[g]["runs"]]
+    if short:
+        out["reason"] = ("not every run reached the target: " +
+                         ", ".join(f"{g} {out['reached'][g] or '0/0'}" for g in short))
+        return out
+    out["value"] = _ratio(out["time_to_target"][slow], out["time_to_target"][fast])
+    first, second = (fast, slow) if out["value"] >= 1 else (slow, fast)
+    if acc.get(first, math.nan) < acc.get(second, math.nan):
+        out["note"] = (f"{first} reaches {100 * target:.1f} % sooner but finishes lower: {100 * acc[first]:.1f} % "
+                       f"against {100 * acc[second]:.1f} %")
+    return out
+
+
+def final_running_average(results: pd.DataFrame, metric: str = "grad_sq", split: str = "mean_model") -> pd.DataFrame:
+    """Per label: mean ± std over seeds of ``1/T sum_t metric_t`` at the end of each run."""
+    run = running_average(results, metric, split)
+    last = run.groupby(["label", "seed"], sort=False).tail(1)
+    return summarize(last)

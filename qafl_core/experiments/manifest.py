@@ -103,7 +103,7 @@ def write_metrics(output_dir: str | os.PathLike, figure: str, headline: Mapping[
         output_dir: the figures directory.
         figure: the notebook / figure name (``fig1_peers``).
         headline: the figure's headline numbers (NaN becomes null).
-        datasets: :class:`qafl_core.figures.DatasetChoice` objects (or their ``to_dict()``) behind the figure.
+        datasets: :class:`qafl_core.experiments.common.DatasetChoice` objects (or their ``to_dict()``) behind the figure.
         config_hashes: the config hashes of every run used.
         parameters: the notebook's parameter values.
         profile: the parameter profile (``smoke``, ``paper``; ``interactive`` when run by hand).

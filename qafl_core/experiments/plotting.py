@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from qafl_core import analysis  # noqa: E402
+from qafl_core.experiments import analysis  # noqa: E402
 
 TIME_LABEL = "simulated time (units; mean fast-client SGD step = 2)"
 STEPS_LABEL = "server steps (rounds)"
@@ -54,7 +54,7 @@ def bits_scale(max_bits: float) -> tuple[float, str]:
 
 
 def x_label(x: str, max_value: float = 0.0) -> tuple[float, str]:
-    """Scale and label of an x axis name from :data:`qafl_core.analysis.X_AXES`."""
+    """Scale and label of an x axis name from :data:`qafl_core.experiments.analysis.X_AXES`."""
     if x == "bits":
         return bits_scale(max_value)
     return 1.0, {"time": TIME_LABEL, "server_steps": STEPS_LABEL, "local_steps": "local SGD steps (all clients)"}[x]
@@ -68,7 +68,7 @@ def metric_panel(ax, results: pd.DataFrame, metric: str = "accuracy", x: str = "
 
     Args:
         ax: matplotlib axes.
-        results: long results table with a ``label`` column (:func:`qafl_core.figures.run_variants`).
+        results: long results table with a ``label`` column (:func:`qafl_core.experiments.common.run_variants`).
         metric, split: which values (e.g. ``accuracy`` / ``test``).
         x: ``time``, ``server_steps``, ``local_steps`` or ``bits``.
         hue: column that separates curves; ``hue_order`` fixes legend order and colours.
@@ -181,7 +181,7 @@ def points_panel(ax, x: Sequence[float], mean: Sequence[float], std: Sequence[fl
 
 def comparison_figure(results: pd.DataFrame, choices: Sequence, metrics: Sequence[str] = ("loss", "accuracy"),
                       hue_order: Sequence | None = None, x: str = "time", models: dict | None = None):
-    """One row per dataset (``choices``: :class:`qafl_core.figures.DatasetChoice`), one column per metric;
+    """One row per dataset (``choices``: :class:`qafl_core.experiments.common.DatasetChoice`), one column per metric;
     ``models`` (``{dataset: model}``) is added to the panel titles."""
     fig, axes = subplots(len(metrics), len(choices))
     groups = list(hue_order) if hue_order else list(dict.fromkeys(results["label"]))

@@ -1,4 +1,4 @@
-"""Headline numbers that cannot mislead (issue 11, item 10), on hand-made results tables.
+"""qafl_core.experiments.analysis: headline numbers that cannot mislead (issue 11, item 10), on hand-made tables.
 
 A time-to-target is refused (``null`` with a reason) when the target is at or below the starting accuracy;
 a speed-up carries both final accuracies and is ``null`` unless every run of both groups reached the target.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from qafl_core import headlines
+from qafl_core.experiments import analysis, fig1_peers, fig4_vs_fedavg, fig5_vs_fedbuff
+from qafl_core.experiments import tab1_time_to_accuracy as tab1
 
 
 def _curve(label: str, seed: int, points: list[tuple[float, float]]) -> list[dict]:
@@ -32,7 +33,7 @@ FAST_BUT_LOW = _table(
 
 
 def test_speedup_carries_final_accuracies_and_flags_a_faster_but_lower_finisher():
-    out = headlines.speedup(FAST_BUT_LOW, "QuAFL", "FedAvg", target=0.36)
+    out = analysis.speedup(FAST_BUT_LOW, "QuAFL", "FedAvg", target=0.36)
     # QuAFL first >= 0.36 at t = 100, FedAvg at t = 200: 200 / 100
     assert out["value"] == pytest.approx(2.0)
     assert out["time_to_target"] == {"QuAFL": 100.0, "FedAvg": 200.0}
@@ -46,7 +47,7 @@ def test_speedup_carries_final_accuracies_and_flags_a_faster_but_lower_finisher(
 def test_speedup_is_null_unless_every_run_reached_the_target():
     table = _table(_curve("QuAFL", 0, [(0, 0.1), (100, 0.5)]), _curve("QuAFL", 1, [(0, 0.1), (100, 0.3)]),
                    _curve("FedAvg", 0, [(0, 0.1), (200, 0.5)]), _curve("FedAvg", 1, [(0, 0.1), (300, 0.5)]))
-    out = headlines.speedup(table, "QuAFL", "FedAvg", target=0.45)
+    out = analysis.speedup(table, "QuAFL", "FedAvg", target=0.45)
     assert out["value"] is None and out["reached"] == {"QuAFL": "1/2", "FedAvg": "2/2"}
     assert out["reason"] == "not every run reached the target: QuAFL 1/2"
     assert out["final_accuracy"] == {"QuAFL": pytest.approx(0.4), "FedAvg": pytest.approx(0.5)}
@@ -56,15 +57,15 @@ def test_target_at_or_below_the_starting_accuracy_is_refused():
     # one seed's untrained model already has 0.32 (as the fallback Fig. 1 had): a target of 0.29 measures nothing
     table = _table(_curve("s = 2", 0, [(0, 0.32), (50, 0.30), (100, 0.34)]),
                    _curve("s = 2", 1, [(0, 0.10), (50, 0.20), (100, 0.33)]))
-    block = headlines.time_to_target(table, 0.29)
+    block = analysis.target_summary(table, 0.29)
     assert block["time_to_target"] is None and block["starting_accuracy"] == pytest.approx(0.32)
     assert block["time_to_target_refused"].startswith("target accuracy 29.0 % is at or below the starting accuracy "
                                                       "32.0 %")
-    assert headlines.time_to_target(table, 0.32)["time_to_target"] is None       # "at": refused too
-    ok = headlines.time_to_target(table, 0.33)
+    assert analysis.target_summary(table, 0.32)["time_to_target"] is None       # "at": refused too
+    ok = analysis.target_summary(table, 0.33)
     assert ok["time_to_target_refused"] is None
     assert ok["time_to_target"]["s = 2"]["time_mean"] == pytest.approx((100 + 100) / 2)
-    sp = headlines.speedup(table, "s = 2", "s = 2", 0.30)
+    sp = analysis.speedup(table, "s = 2", "s = 2", 0.30)
     assert sp["value"] is None and "starting accuracy" in sp["reason"]
 
 
@@ -72,24 +73,26 @@ def test_figure_headlines_use_the_refusal():
     table = _table(_curve("s = 2", 0, [(0, 0.32), (50, 0.30), (100, 0.34)]),
                    _curve("s = 4", 0, [(0, 0.31), (50, 0.36), (100, 0.40)]))
     table = pd.concat([table, table.assign(split="sim", metric="zero_step_fraction_slow", value=0.2)])
-    h1 = headlines.fig1(table, [2, 4], ["s = 2", "s = 4"], None, 0.8)   # 0.8 x best final (0.37) = 0.296 < 0.32
+    h1 = fig1_peers.headline(table, {"peers": [2, 4], "target_accuracy": None, "target_fraction": 0.8})   # 0.8 x best final (0.37) = 0.296 < 0.32
     assert h1["target_accuracy"] == pytest.approx(0.8 * (0.36 + 0.40) / 2)
     assert h1["time_to_target"] is None and "starting accuracy 32.0 %" in h1["time_to_target_refused"]
-    h4 = headlines.fig4(FAST_BUT_LOW, "QuAFL", "FedAvg", 0.36, 0.8)
-    assert h4["time_to_target"]["QuAFL"]["time_mean"] == 100.0 and h4["speedup_quafl_over_fedavg"]["value"] == 2.0
+    labelled = FAST_BUT_LOW.assign(label=FAST_BUT_LOW["label"] + " 32-bit")
+    h4 = fig4_vs_fedavg.headline(labelled, {"variants": ["quafl identity", "fedavg identity"], "baseline": False,
+                                            "target_accuracy": 0.36, "target_fraction": 0.8})
+    assert h4["time_to_target"]["QuAFL 32-bit"]["time_mean"] == 100.0 and h4["speedup_quafl_over_fedavg"]["value"] == 2.0
     assert "finishes lower" in h4["speedup_quafl_over_fedavg"]["note"]
 
 
 def test_table1_marks_a_refused_target():
     table = _table(_curve("QuAFL", 0, [(0, 0.32), (100, 0.33), (200, 0.35)]),
                    _curve("FedAvg", 0, [(0, 0.32), (100, 0.34), (200, 0.36)]))
-    frame = headlines.tab1_frame(table, {"toy": 0.30}, 0.8)
+    frame = tab1.frame(table, {"target_accuracy": {"toy": 0.30}, "target_fraction": 0.8})
     assert frame["time_mean"].isna().all() and (frame["reached"] == 0).all()
     assert (frame["target_refused"].str.contains("starting accuracy 32.0 %")).all()
-    md = headlines.tab1_markdown(frame)
+    md = tab1.markdown(frame)
     assert "| toy | QuAFL | 30.0 % | — | — | refused¹ |" in md and "¹ target accuracy 30.0 %" in md
-    fine = headlines.tab1_frame(table, {"toy": 0.335}, 0.8)
+    fine = tab1.frame(table, {"target_accuracy": {"toy": 0.335}, "target_fraction": 0.8})
     assert list(fine["time_mean"]) == [200.0, 100.0] and not fine["target_refused"].any()
     with_loss = pd.concat([table, table.assign(metric="loss", value=1.0)])
-    toy = headlines.comparison(with_loss, {"toy": 0.30}, 0.8)["toy"]
+    toy = fig5_vs_fedbuff.headline(with_loss, {"target_accuracy": {"toy": 0.30}, "target_fraction": 0.8})["toy"]
     assert toy["time_to_target"] is None and "starting accuracy" in toy["time_to_target_refused"]

