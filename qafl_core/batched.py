@@ -100,6 +100,10 @@ def local_sgd_many(task, rows: list[torch.Tensor], clients: list[int], num_steps
     if forward is None:
         raise ValueError(f"batched_clients: model {type(task.module).__name__} has no batched local SGD "
                          f"(supported: {', '.join(sorted(t.__name__ for t in BATCHED_FORWARDS))})")
+    if getattr(task, "optimizers", None) is not None:
+        raise ValueError(f"batched_clients: batched local steps are plain SGD only (optimizer: "
+                         f"{task.optimizers.name}, momentum {task.optimizers.momentum}, weight_decay "
+                         f"{task.optimizers.weight_decay})")
     if not len(rows) == len(clients) == len(num_steps) == len(lrs):
         raise ValueError(f"local_sgd_many: rows, clients, num_steps and lrs differ in length "
                          f"({len(rows)}, {len(clients)}, {len(num_steps)}, {len(lrs)})")

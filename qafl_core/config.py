@@ -34,7 +34,7 @@ PARTITIONS = ("natural", "iid", "dirichlet")
 VISION_DATASETS = ("fmnist", "mnist", "cifar10")
 STALENESS = ("none", "sqrt", "poly")
 DECODE_KEYS = ("current", "base")
-OPTIMIZERS = ("sgd",)
+OPTIMIZERS = ("sgd", "adam")
 FEDASYNC_STALENESS = ("constant", "poly", "hinge")
 QAFEL_VARIANTS = ("qafel", "naive")
 QAFEL_ORDERS = ("step_then_dispatch", "dispatch_then_step")
@@ -70,6 +70,8 @@ class RunConfig:
     batch_size: int = 32
     optimizer: str = "sgd"
     lr_decay: bool = False                # paper code's optional step decay: x0.5 at 60 %, x0.1 at 80 % of time_limit
+    momentum: float = 0.0                 # optimizer: sgd: torch.optim.SGD momentum, kept per client across contacts
+    weight_decay: float = 0.0             # L2 penalty of the clients' optimizer (torch's convention)
     # communication
     quantizer: str = "identity"
     bits: int = 32
@@ -156,6 +158,7 @@ class RunConfig:
         if self.slow_fraction > 1:
             raise ValueError(f"slow_fraction: must be in [0, 1], got {self.slow_fraction}")
         _check_float("staleness_exponent", self.staleness_exponent, positive=False)
+        self._check_optimizer()
         if self.buffer_size is not None:
             _check_int("buffer_size", self.buffer_size, lo=1)
             if self.num_clients is not None and self.buffer_size > self.num_clients:
@@ -229,6 +232,25 @@ class RunConfig:
                                  "exponential or constant step times)")
         elif self.timing_trace is not None:
             raise ValueError(f"timing_trace: only used with timing: trace (timing is {self.timing})")
+
+    def _check_optimizer(self) -> None:
+        """The clients' optimizer keys (qafl_core.optim): each with what it applies to."""
+        for name in ("momentum", "weight_decay"):
+            _check_float(name, getattr(self, name), positive=False)
+        if self.momentum >= 1:
+            raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.optimizer != "sgd" and self.momentum != 0:
+            raise ValueError(f"momentum: only used with optimizer: sgd (Adam uses torch's default betas); "
+                             f"optimizer is {self.optimizer}")
+        if self.optimizer == "sgd" and self.momentum == 0 and self.weight_decay == 0:
+            return
+        what = f"optimizer: {self.optimizer}" + (f" with momentum {self.momentum}" if self.momentum else "") + (
+            f" with weight_decay {self.weight_decay}" if self.weight_decay else "")
+        if self.dataset == "quadratic":
+            raise ValueError(f"optimizer: the quadratic problem trains with plain SGD (its conservation check "
+                             f"assumes it); got {what}")
+        if self.batched_clients:
+            raise ValueError(f"batched_clients: batched local steps are plain SGD only; got {what}")
 
     def _check_can_finish(self) -> None:
         """Refuse configs whose simulated clock never advances."""

@@ -88,11 +88,16 @@ class NeuralTask:
         batch_size: local mini-batch size.
         eval_max_samples: evaluate on a fixed seeded subset of the pooled test set (None: all of it).
         eval_batch_size: evaluation batch size (no effect on results).
+        optimizer: the clients' optimizer, ``sgd`` or ``adam`` (:mod:`qafl_core.optim`).
+        momentum: SGD momentum.
+        weight_decay: L2 penalty of either optimizer.
     """
 
     def __init__(self, dataset: FederatedDataset, model_name: str, seed: int, batch_size: int,
-                 eval_max_samples: int | None = None, eval_batch_size: int = 1024):
+                 eval_max_samples: int | None = None, eval_batch_size: int = 1024, optimizer: str = "sgd",
+                 momentum: float = 0.0, weight_decay: float = 0.0):
         from qafl_core.models import build_model, set_dropout_generator
+        from qafl_core.optim import ClientOptimizers, is_plain_sgd
 
         self.dataset = dataset
         self.num_clients = dataset.num_clients
@@ -120,18 +125,25 @@ class NeuralTask:
         self.eval_batch_size = eval_batch_size
         #: train the contacted clients together with :meth:`local_sgd_many` (QuAFL, FedAvg; small models)
         self.batched = False
+        #: each client's persistent optimizer state; None for plain SGD (stateless: the fused update below)
+        self.optimizers = (None if is_plain_sgd(optimizer, momentum, weight_decay)
+                           else ClientOptimizers(optimizer, momentum, weight_decay))
 
     def init_vector(self) -> torch.Tensor:
         return self.flat.vector_from_module()
 
     def local_sgd(self, row: torch.Tensor, client: int, num_steps: int, lr: float) -> None:
-        """``num_steps`` SGD steps of ``client`` on its flat vector ``row``, updated in place."""
+        """``num_steps`` optimizer steps of ``client`` on its flat vector ``row``, updated in place.
+
+        Plain SGD by default; with :attr:`optimizers` the client's own ``torch.optim`` state (momentum, Adam
+        moments) carries over from its previous contacts."""
         if num_steps <= 0:
             return
         params, state = self.flat.leaf_views(row)
         self.module.train()
         base = self.offsets[client]
         ds = self.dataset
+        opt = self.optimizers.bind(client, params, lr) if self.optimizers is not None else None
         with self.flat.bind(state) as module:   # the module computes on row's views for all the steps
             for _ in range(num_steps):
                 idx = self.batcher.next(client) + base   # index_select: a third of the time of x[idx]
@@ -140,6 +152,11 @@ class NeuralTask:
                 if not math.isfinite(value):
                     raise Diverged(f"client {client}: training loss became {value}")
                 grads = torch.autograd.grad(loss, params)
+                if opt is not None:
+                    for p, g in zip(params, grads):
+                        p.grad = g
+                    opt.step()
+                    continue
                 with torch.no_grad():
                     torch._foreach_add_(params, grads, alpha=-lr)
 
@@ -155,10 +172,11 @@ class NeuralTask:
 
     @property
     def supports_batched(self) -> bool:
-        """Whether :meth:`local_sgd_many` supports this model (no dropout, no BatchNorm: ``mlp``, ``logreg``)."""
+        """Whether :meth:`local_sgd_many` supports this model (no dropout, no BatchNorm: ``mlp``, ``logreg``)
+        and optimizer (plain SGD only)."""
         from qafl_core.batched import supports_batched
 
-        return supports_batched(self.module)
+        return self.optimizers is None and supports_batched(self.module)
 
     @torch.no_grad()
     def evaluate(self, vec: torch.Tensor) -> dict[str, float]:
@@ -201,8 +219,15 @@ class NeuralTask:
         return pooled, clients
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batcher": self.batcher.state_dict(), "dropout": self._dropout_gen.get_state()}
+        state = {"batcher": self.batcher.state_dict(), "dropout": self._dropout_gen.get_state()}
+        if self.optimizers is not None:
+            state["optimizers"] = self.optimizers.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batcher.load_state_dict(state["batcher"])
         self._dropout_gen.set_state(state["dropout"])
+        if self.optimizers is not None:
+            if "optimizers" not in state:
+                raise ValueError("optimizer: the checkpoint holds no optimizer state for this run")
+            self.optimizers.load_state_dict(state["optimizers"])

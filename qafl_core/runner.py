@@ -148,7 +148,8 @@ def build_task(cfg: RunConfig):
     from qafl_core.local import NeuralTask
 
     ds = build_dataset(cfg)
-    return NeuralTask(ds, model_name(cfg), cfg.seed, cfg.batch_size, cfg.eval_max_samples, cfg.eval_batch_size)
+    return NeuralTask(ds, model_name(cfg), cfg.seed, cfg.batch_size, cfg.eval_max_samples, cfg.eval_batch_size,
+                      optimizer=cfg.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def build_simulation(cfg: RunConfig, task=None):
