@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from qafl_core.device import check_device, identity_device
+
 ALGORITHMS = ("quafl", "fedavg", "fedbuff", "fedasync", "qafel")
 QUANTIZERS = ("identity", "lattice", "qsgd", "dithered_lattice", "topk", "qsgd_norm")
 DATASETS = ("synthetic", "femnist", "shakespeare", "celeba", "fmnist", "mnist", "cifar10", "quadratic")
@@ -122,6 +124,7 @@ class RunConfig:
     eval_workers: int = 1
     num_threads: int | None = None        # torch intra-op threads; None -> 1 for small models (< 200k coords), else torch's default
     batched_clients: bool = False         # suite extension: contacted clients' local SGD batched together (MLP/LogReg only)
+    device: str = "cpu"                   # cpu | cuda | cuda:N | auto (cuda if available); qafl_core/device.py
 
     def __post_init__(self) -> None:
         _check_choice("algorithm", self.algorithm, ALGORITHMS)
@@ -135,6 +138,7 @@ class RunConfig:
         _check_choice("qafel_variant", self.qafel_variant, QAFEL_VARIANTS)
         _check_choice("qafel_order", self.qafel_order, QAFEL_ORDERS)
         _check_int("seed", self.seed, lo=0)
+        check_device(self.device)
         self._check_heterogeneity()
         if self.num_clients is not None:
             _check_int("num_clients", self.num_clients, lo=1)
@@ -317,7 +321,8 @@ class RunConfig:
         floats, so ``lr=1`` and ``lr=1.0`` are one config)."""
         defaults = _defaults()
         d = {}
-        for k, v in self.to_dict().items():
+        # the kind of device, not its spelling: auto on a machine without a GPU is cpu (today's hashes), any GPU is cuda
+        for k, v in {**self.to_dict(), "device": identity_device(self.device)}.items():
             if k in _NON_RESULT_KEYS or v == defaults[k]:
                 continue
             if isinstance(v, int) and not isinstance(v, bool) and isinstance(defaults[k], float):

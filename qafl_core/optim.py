@@ -71,7 +71,10 @@ class ClientOptimizers:
         """Plain tensors in plain containers (loadable with ``torch.load(weights_only=True)``)."""
         return {"name": self.name, "states": {i: [dict(s) for s in per] for i, per in self.states.items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        """Restore :meth:`state_dict` output; buffers go to ``device`` (the parameters' device), Adam's ``step``
+        counters stay on the CPU, where ``torch.optim.Adam`` keeps them."""
         if state.get("name") != self.name:
             raise ValueError(f"optimizer: checkpoint holds {state.get('name')!r} state, the run uses {self.name!r}")
-        self.states = {int(i): [dict(s) for s in per] for i, per in state["states"].items()}
+        self.states = {int(i): [{k: v if k == "step" else v.to(device) for k, v in s.items()} for s in per]
+                       for i, per in state["states"].items()}

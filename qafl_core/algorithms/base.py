@@ -63,7 +63,9 @@ class Simulation:
         self.n = task.num_clients
         if cfg.clients_per_round > self.n:
             raise ValueError(f"clients_per_round: s = {cfg.clients_per_round} exceeds the {self.n} clients of the dataset")
-        self.server = task.init_vector().clone()
+        #: where every model vector of the run lives (the task's device; qafl_core/device.py)
+        self.device = getattr(task, "device", torch.device("cpu"))
+        self.server = task.init_vector().to(self.device).clone()
         self.num_params = getattr(task, "num_params", task.dim)
         self.time = 0.0
         self.server_steps = 0
@@ -109,7 +111,7 @@ class Simulation:
     def encode(self, x: torch.Tensor, *msg_id: object, quantizer=None):
         """Encode ``x`` with the run's quantizer (or ``quantizer``), from the message's own named stream."""
         q = quantizer if quantizer is not None else self.quantizer
-        return q.encode(x, torch_generator(self.cfg.seed, "quant", self.server_steps, *msg_id))
+        return q.encode(x, torch_generator(self.cfg.seed, "quant", self.server_steps, *msg_id, device=self.device))
 
     def decode(self, msg, key: torch.Tensor | None, direction: str, quantizer=None) -> torch.Tensor:
         """Decode ``msg`` against the receiver's ``key`` with the run's quantizer (or ``quantizer``), counting
@@ -129,7 +131,7 @@ class Simulation:
     def zeros(self) -> torch.Tensor:
         """Decoding key for deltas: they are decoded against zero, never against a model (docs/choices.md#delta-decoding)."""
         if self._zeros is None:
-            self._zeros = torch.zeros(self.task.dim)
+            self._zeros = torch.zeros(self.task.dim, device=self.device)
         return self._zeros
 
     def local_sgd(self, row: torch.Tensor, client: int, num_steps: int, lr: float) -> None:
@@ -199,7 +201,8 @@ class Simulation:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in self._common_state + self.extra_state:
-            setattr(self, k, state[k])
+            v = state[k]    # checkpoints are read onto the CPU (qafl_core.store.load_tensors): back to the run's device
+            setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
         self.sampler.set_state(state["sampler"])
         self.clocks.load_state_dict(state["clocks"])
         self.task.load_state_dict(state["task"])

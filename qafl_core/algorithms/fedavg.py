@@ -56,7 +56,7 @@ class FedAvg(Simulation):
         """The same round with the clients' local SGD batched (every client downloads, all train, all upload:
         a client's download, steps and upload touch only its own row, batch stream and message)."""
         if self.clients is None and (self._work_rows is None or len(self._work_rows) < len(contacted)):
-            self._work_rows = torch.empty(len(contacted), self.task.dim)
+            self._work_rows = torch.empty(len(contacted), self.task.dim, device=self.device)
         rows, starts = [], []
         for j, i in enumerate(contacted):
             row = self.clients[i] if self.clients is not None else self._work_rows[j]

@@ -34,7 +34,7 @@ class LatticeQuantizer:
     def _draw_seed(self, generator: torch.Generator | None) -> int | None:
         return None                # deterministic: no seed, no header, no dither
 
-    _dither = staticmethod(lambda seed: None)
+    _dither = staticmethod(lambda seed, device: None)
 
     def _integer_dtype(self, x: torch.Tensor) -> torch.dtype:
         """int32 for ``m`` unless ``|x|/eps`` needs more; rejects inf/nan and ``|x|/eps >= 2**62``."""
@@ -50,11 +50,11 @@ class LatticeQuantizer:
         _check_vec(x, self.dim, "x")
         n = x.numel()
         seed = self._draw_seed(generator)
-        dither = self._dither(seed)
-        m = torch.empty(n, dtype=self._integer_dtype(x))
+        dither = self._dither(seed, x.device)
+        m = torch.empty(n, dtype=self._integer_dtype(x), device=x.device)
         wide = self.bits_per_coord == 32
         # a 32-bit code is the int32 bit pattern of m (two's complement), so it can share m's storage
-        codes = m if wide and m.dtype == torch.int32 else torch.empty(n, dtype=torch.int32)
+        codes = m if wide and m.dtype == torch.int32 else torch.empty(n, dtype=torch.int32, device=x.device)
         for a in range(0, n, _CHUNK):
             t = x[a:a + _CHUNK].to(torch.float64)
             if dither is not None:
@@ -77,8 +77,8 @@ class LatticeQuantizer:
         if key is not None:
             _check_vec(key, n, "key", any_float=True)
         codes, check = msg.payload["codes"], msg.check
-        dither = self._dither(int(msg.payload["seed"]) if "seed" in msg.payload else None)
-        out = torch.empty(n, dtype=torch.float32)
+        dither = self._dither(int(msg.payload["seed"]) if "seed" in msg.payload else None, codes.device)
+        out = torch.empty(n, dtype=torch.float32, device=codes.device)
         failures = 0
         inv_eps_q = self.inv_eps / self.q               # exact: q is a power of two
         for a in range(0, n, _CHUNK):
@@ -116,10 +116,11 @@ class DitheredLatticeQuantizer(LatticeQuantizer):
 
     def _draw_seed(self, generator: torch.Generator | None) -> int:
         g = _need_generator(generator, self.name)
-        return int(torch.randint(0, 2 ** 62, (), generator=g, dtype=torch.int64))
+        return int(torch.randint(0, 2 ** 62, (), generator=g, dtype=torch.int64, device=g.device))
 
-    def _dither(self, seed: int | None):
-        g = torch.Generator()
+    def _dither(self, seed: int | None, device: torch.device):
+        """The dither stream of a message, on the message's device (CUDA draws other numbers than the CPU)."""
+        g = torch.Generator() if device.type == "cpu" else torch.Generator(device=device)
         g.manual_seed(seed)
         eps = self.eps
-        return lambda k: torch.rand(k, generator=g).sub_(0.5).mul_(eps)   # next k draws, in [-eps/2, eps/2)
+        return lambda k: torch.rand(k, generator=g, device=g.device).sub_(0.5).mul_(eps)   # next k draws, in [-eps/2, eps/2)

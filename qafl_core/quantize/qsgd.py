@@ -78,7 +78,7 @@ class QSGDQuantizer:
         """Shape of the block's work view and its per-bucket values broadcast to it."""
         s, e, bi, rows, size, index = block
         if index is not None:                                # ragged: expand per coordinate
-            return (e - s,), tuple(v[bi:bi + rows].index_select(0, index) for v in per_bucket)
+            return (e - s,), tuple(v[bi:bi + rows].index_select(0, index.to(v.device)) for v in per_bucket)
         if rows == 0:                                        # piece of one bucket
             return (e - s,), tuple(v[bi] for v in per_bucket)
         return (rows, size), tuple(v[bi:bi + rows].unsqueeze(1) for v in per_bucket)
@@ -96,17 +96,17 @@ class QSGDQuantizer:
         runs, nb, blocks = self._plan(d)
         # amin + amax: two passes, yet ~10x faster than aminmax(dim=1) in torch 2.x
         views = [x[a:a + c * s].view(c, s) for a, c, s in runs]
-        lo = torch.cat([v.amin(dim=1) for v in views]) if views else torch.empty(0)
-        hi = torch.cat([v.amax(dim=1) for v in views]) if views else torch.empty(0)
+        lo = torch.cat([v.amin(dim=1) for v in views]) if views else torch.empty(0, device=x.device)
+        hi = torch.cat([v.amax(dim=1) for v in views]) if views else torch.empty(0, device=x.device)
         if nb and not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
             raise ValueError("x: qsgd needs finite values (got inf or nan)")
         scales = self._scales(lo, hi)[:2]
-        codes = torch.empty(d, dtype=torch.int32)
+        codes = torch.empty(d, dtype=torch.int32, device=x.device)
         for blk in blocks:
             s, e = blk[0], blk[1]
             shape, (lo_v, unit_v) = self._views(blk, scales)
             v = x[s:e].view(shape).to(self.work, copy=True)
-            noise = torch.rand(e - s, generator=g).view(shape)
+            noise = torch.rand(e - s, generator=g, device=g.device).view(shape)   # on the run's device
             v.sub_(lo_v).div_(unit_v).add_(noise).floor_().clamp_(0, self.levels - 1)   # x = max may round up to k
             codes[s:e].view(shape).copy_(v if self.bits_per_coord < 32 else v.to(torch.int64))  # 32 bits: wraps
         return Message({"codes": codes, "min": lo, "max": hi}, self.bits_per_coord * d + _MINMAX_BITS * nb, d)
@@ -115,7 +115,7 @@ class QSGDQuantizer:
         d = msg.numel
         scales = self._scales(msg.payload["min"], msg.payload["max"])
         codes = msg.payload["codes"]
-        out = torch.empty(d, dtype=torch.float32)
+        out = torch.empty(d, dtype=torch.float32, device=codes.device)
         for blk in self._plan(d)[2]:
             s, e = blk[0], blk[1]
             shape, (lo_v, unit_v, hi_v) = self._views(blk, scales)
