@@ -135,25 +135,29 @@ def entries(roots: Iterable[str | os.PathLike] | None = None) -> list[Path]:
     return sorted(out)
 
 
-def lookup(config: RunConfig, roots: Iterable[str | os.PathLike] | None = None) -> pd.DataFrame | None:
+def lookup(config: RunConfig, roots: Iterable[str | os.PathLike] | None = None,
+           verify_data: bool = True) -> pd.DataFrame | None:
     """The archived table of ``config``, or None when no archived run has its config hash and data.
 
     The data fingerprint of ``config``'s dataset is computed (or read from its cache) only when an entry with
-    the config hash exists. Raises ArchiveError when a matching entry is damaged.
+    the config hash exists. Raises ArchiveError when a matching entry is damaged.  ``verify_data=False``
+    (re-plotting without the dataset) matches on the config hash alone; the provenance then says
+    ``data_verified: False``.
     """
     ch = config.config_hash()
     candidates = [p for p in entries(roots) if p.name == f"{ch}.json"]
     if not candidates:
         return None
-    data_fp = fingerprint.dataset_fingerprint(config)
+    data_fp = fingerprint.dataset_fingerprint(config) if verify_data else None
     for path in candidates:
         df, rec = read(path)
-        if rec.get("data_fingerprint") != data_fp:
+        if verify_data and rec.get("data_fingerprint") != data_fp:
             store.notice(f"{path}: archived for other data (fingerprint {str(rec.get('data_fingerprint'))[:12]}, "
                          f"yours {data_fp[:12]}); not used")
             continue
         df.attrs["provenance"] = {"source": "archive", "path": str(path), "config_hash": ch,
-                                  "data_fingerprint": data_fp, "code_fingerprint": rec.get("code_fingerprint"),
+                                  "data_fingerprint": rec.get("data_fingerprint"), "data_verified": verify_data,
+                                  "code_fingerprint": rec.get("code_fingerprint"),
                                   "git_commit": rec.get("git_commit"), "cached": True,
                                   "same_code": rec.get("code_fingerprint") == fingerprint.code_fingerprint()}
         return df

@@ -1,4 +1,7 @@
-"""``qafl bench``: what the simulator costs beyond the clients' local SGD (issue "Speed").
+"""``qafl bench``: what the simulator costs beyond the clients' local SGD.
+
+Over 250 lines: it is the one table of benchmark lines (each a few lines of setup and formatting); the
+workloads themselves are in :mod:`qafl_core.bench_workloads` and :mod:`qafl_core.bench_quantize`.
 
 Every ratio compares two runs made in this process, interleaved (A, B, A, B, ...: each engine round is
 followed by the bare loop replaying exactly its steps), median of several repetitions, so that load from
@@ -23,6 +26,13 @@ runs are timed in this process's CPU time (on a shared 2-core machine, wall-cloc
 * ``quantizer_gbps`` -- lattice and QSGD (b = 10) encode+decode throughput on a 6.6 M-coordinate vector
   (the FEMNIST CNN) next to ``copy_``, GB/s of float32 input; target: one message costs less than one CNN
   SGD step (batch 32), timed interleaved with the quantizers; all on one thread, as the engine runs them.
+  The fused sends (``send``: encode+decode without codes) are reported next to them.
+* ``lattice_vs_copy`` -- lattice (b = 12) encode+decode GB/s / ``copy_`` GB/s on the same vector (GB/s =
+  vector bytes / time for both), the encode+decode being the fused send; encode-then-decode in the note.
+* ``quafl_lattice_round_vs_sgd`` -- a QuAFL lattice:12 FEMNIST-CNN round (n = 20, s = 10, K = 5, batch 32)
+  / the local SGD inside that round (CPU time of the task's ``local_sgd`` calls), median over rounds. ``sit``
+  is 10 * 105/n, so that a client meets the server every 39 time units as in the n = 105 FEMNIST runs at
+  s = 10 and completes its K steps as there (at sit 10 with n = 20 it would complete about 1.4).
 * ``fedbuff_concurrency`` -- the CPU time of a FedBuff run at concurrency C = 2s divided by the same run at
   C = n (MLP 784-32-10 on Fashion-MNIST shards, n = 100, Z = s = 10, K = 5, batch 32, identity, one thread, the
   same simulated horizon), interleaved, median of repetitions; reported, no target. The value is at the
@@ -37,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,11 +58,21 @@ from typing import Any
 import torch
 
 from qafl_core import bench_device
-from qafl_core.bench_workloads import cnn_dataset, engine_pair, keep_freed_memory, mlp_dataset, quantizer_throughput
+from qafl_core.bench_quantize import (
+    lattice_vs_copy,
+    quafl_round_vs_sgd,
+    quantizer_throughput,
+)
+from qafl_core.bench_workloads import (
+    cnn_dataset,
+    engine_pair,
+    keep_freed_memory,
+    mlp_dataset,
+)
 
 NAMES = ("engine_vs_bare_cnn", "engine_vs_bare_mlp", "batched_vs_bare_mlp", "flower_vs_engine", "quantizer_gbps",
-         "peak_rss_300_clients_gb", "fedbuff_concurrency", "batched_vs_sequential", "engine_vs_bare_cuda",
-         "batched_vs_sequential_cuda")
+         "lattice_vs_copy", "quafl_lattice_round_vs_sgd", "peak_rss_300_clients_gb", "fedbuff_concurrency",
+         "batched_vs_sequential", "engine_vs_bare_cuda", "batched_vs_sequential_cuda")
 FLOWER_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "flower_compare.py"
 
 
@@ -71,10 +90,14 @@ class Line:
 
 # ---------------------------------------------------------------------- sizes
 SIZES = {
-    # cnn: n, s, K, batch, timed rounds per repetition, repetitions; mlp likewise; flower rounds; rss clients/rounds
-    "full": dict(cnn=(20, 5, 5, 32, 1, 11), mlp=(20, 5, 5, 128, 20, 9), flower=10, rss=(300, 3), quant_reps=7),
-    "quick": dict(cnn=(20, 5, 5, 32, 1, 5), mlp=(20, 5, 5, 128, 10, 5), flower=5, rss=(300, 1), quant_reps=3),
-    "tiny": dict(cnn=(4, 2, 2, 8, 1, 2), mlp=(4, 2, 2, 16, 2, 2), flower=4, rss=(4, 1), quant_reps=2),
+    # cnn: n, s, K, batch, timed rounds per repetition, repetitions; mlp likewise; flower rounds; rss clients/rounds;
+    # round: n, s, K, batch, timed rounds (quafl_lattice_round_vs_sgd)
+    "full": dict(cnn=(20, 5, 5, 32, 1, 11), mlp=(20, 5, 5, 128, 20, 9), flower=10, rss=(300, 3), quant_reps=7,
+                 round=(20, 10, 5, 32, 7)),
+    "quick": dict(cnn=(20, 5, 5, 32, 1, 5), mlp=(20, 5, 5, 128, 10, 5), flower=5, rss=(300, 1), quant_reps=3,
+                  round=(20, 10, 5, 32, 3)),
+    "tiny": dict(cnn=(4, 2, 2, 8, 1, 2), mlp=(4, 2, 2, 16, 2, 2), flower=4, rss=(4, 1), quant_reps=2,
+                 round=(4, 2, 2, 8, 2)),
 }
 
 
@@ -142,8 +165,47 @@ def bench_quantizers(size: str) -> Line:
     ok = max(ms["lattice"], ms["qsgd"]) < ms["sgd_step"]
     note = (f"GB/s of float32 input, encode+decode, d={res['d']} (FEMNIST CNN), b=10, 1 thread, median of "
             f"{res['reps']}: lattice {ms['lattice']:.1f} ms, qsgd {ms['qsgd']:.1f} ms, copy {ms['copy']:.2f} ms "
-            f"per message vs {ms['sgd_step']:.1f} ms per CNN SGD step (batch 32, 1 thread), interleaved")
+            f"per message vs {ms['sgd_step']:.1f} ms per CNN SGD step (batch 32, 1 thread), interleaved; fused send: "
+            f"lattice {ms['lattice_send']:.1f} ms, qsgd {ms['qsgd_send']:.1f} ms; {_kernels_note(res)}")
     return Line("quantizer_gbps", value, "message < 1 CNN SGD step", ok, note, res)
+
+
+def _kernels_note(res: dict) -> str:
+    k = res.get("kernels")
+    if not isinstance(k, dict):
+        return "eager kernels"
+    if k["failed"]:
+        return f"eager kernels (compiling failed: {k['failed']})"
+    on = k["mode"] == "on" or (k["mode"] == "auto" and res["d"] >= k["min_coords"])
+    return f"{'compiled' if on else 'eager'} kernels (QAFL_QUANT_COMPILE={k['mode']}; warm-up {res['warmup_s']} s)"
+
+
+def bench_lattice_vs_copy(size: str) -> Line:
+    tiny = size == "tiny"
+    res = lattice_vs_copy(100_000 if tiny else 6_603_710, SIZES[size]["quant_reps"])
+    ms, v = res["ms"], res["ratio"]
+    note = (f"lattice b={res['bits']} encode+decode fused (send) {ms['send']:.2f} ms = {res['gbps']['send']:.2f} GB/s "
+            f"vs copy {ms['copy']:.2f} ms = {res['gbps']['copy']:.2f} GB/s, d={res['d']}, 1 thread, median of "
+            f"{res['reps']}, interleaved; encode then decode {ms['encode_decode']:.2f} ms "
+            f"(ratio {res['ratio_encode_decode']:.3f}); {_kernels_note(res)}")
+    return Line("lattice_vs_copy", round(v, 3), ">= 0.50", v >= 0.5, note, res)
+
+
+def bench_quafl_round(size: str) -> Line:
+    n, s, k, b, reps = SIZES[size]["round"]
+    name, target = "quafl_lattice_round_vs_sgd", "<= 1.10"
+    try:
+        ds, source = cnn_dataset(n, tiny=size == "tiny")
+    except (FileNotFoundError, ValueError) as exc:
+        return Line(name, None, target, None, f"skipped: FEMNIST data not found ({str(exc).splitlines()[0][:200]})")
+    model = "mlp" if size == "tiny" else "femnist_cnn"
+    res = quafl_round_vs_sgd(ds, model, s, k, b, reps, sit=10.0 * 105 / n)
+    v = res["ratio"]
+    note = (f"QuAFL lattice:12 round {res['round_ms']:.0f} ms vs its local SGD {res['sgd_ms']:.0f} ms, "
+            f"{model} ({source}), n={n} s={s} K={k} batch {b} sit {res['sit']:g} (the n=105 runs' contact interval), "
+            f"{res['local_steps']} steps in {reps} rounds, "
+            f"1 thread, cpu time, median; {res['decode_failures']} decode failures")
+    return Line(name, round(v, 3), target, v <= 1.10, note, res)
 
 
 def bench_rss(size: str) -> Line:
@@ -218,7 +280,8 @@ def bench_fedbuff_concurrency(size: str) -> Line:
 
 RUNNERS = {"engine_vs_bare_cnn": bench_cnn, "engine_vs_bare_mlp": bench_mlp,
            "batched_vs_bare_mlp": lambda size: bench_mlp(size, batched=True), "flower_vs_engine": bench_flower,
-           "quantizer_gbps": bench_quantizers, "peak_rss_300_clients_gb": bench_rss,
+           "quantizer_gbps": bench_quantizers, "lattice_vs_copy": bench_lattice_vs_copy,
+           "quafl_lattice_round_vs_sgd": bench_quafl_round, "peak_rss_300_clients_gb": bench_rss,
            "fedbuff_concurrency": bench_fedbuff_concurrency, "batched_vs_sequential": bench_device.bench_batched_cpu,
            "engine_vs_bare_cuda": bench_device.bench_engine_cuda,
            "batched_vs_sequential_cuda": bench_device.bench_batched_cuda}

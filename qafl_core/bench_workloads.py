@@ -1,7 +1,6 @@
 """The workloads behind ``qafl bench`` (:mod:`qafl_core.bench`): data, the bare torch loop, the interleaved
-engine-vs-bare timing, quantizer throughput, and the peak-memory child run
-(``python -m qafl_core.bench_workloads rss CLIENTS ROUNDS MODEL``).  A little over 250 lines: the engine-vs-bare
-pair runs on the CPU and on a GPU with the same code, so both stay here.
+engine-vs-bare timing (on the CPU or a GPU), and the peak-memory child run (``python -m qafl_core.bench_workloads
+rss CLIENTS ROUNDS MODEL``). The quantizer workloads are in :mod:`qafl_core.bench_quantize`.
 """
 from __future__ import annotations
 
@@ -198,42 +197,6 @@ def _synced(clock):
 def _minor_faults() -> int:
     """Minor page faults of this process so far (fresh memory touched: a cost that shows up in CPU time)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-# ---------------------------------------------------------------------- quantizers
-def quantizer_throughput(d: int, reps: int, bits: int = 10, eps: float = 1e-4, step_model: str = "femnist_cnn") -> dict:
-    """Median encode+decode GB/s (of float32 input) of lattice and QSGD, of ``copy_``, and -- interleaved with
-    them -- the time of one SGD step (batch 32) of ``step_model``, the model whose messages these are. All on
-    one intra-op thread (the engine runs its vector ops on one; on a loaded shared machine two-thread timings
-    swing tenfold, a descheduled OpenMP worker stalling every parallel region), timed in CPU time."""
-    from qafl_core.quantize import make_quantizer
-
-    g = torch_generator(0, "bench_quant")
-    x = torch.randn(d, generator=g).mul_(0.05)
-    key = x + torch.randn(d, generator=g).mul_(1e-3)      # a receiver's model, well inside the lattice window
-    qs = {"lattice": make_quantizer("lattice", bits=bits, eps=eps), "qsgd": make_quantizer("qsgd", bits=bits)}
-    dst = torch.empty_like(x)
-    step = BareLoop(random_dataset("femnist", 1, 64, (1, 28, 28), 62), step_model, 32)
-    times: dict[str, list[float]] = {"copy": [], **{k: [] for k in qs}, "sgd_step": []}
-    names = list(times)
-    failures = 0
-    for r in range(reps + 1):                               # repetition 0 warms up
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            with intra_op_threads(1):
-                t = time.process_time()
-                if name == "sgd_step":
-                    step.run([(0, 32)])
-                elif name == "copy":
-                    dst.copy_(x)
-                else:
-                    out = qs[name].decode(qs[name].encode(x, torch_generator(0, "msg", r)), key)
-                    failures += out.failures
-                dt = time.process_time() - t
-            if r:
-                times[name].append(dt)
-    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    return {"gbps": {k: 4 * d / ms[k] / 1e6 for k in ("copy", *qs)}, "ms": ms, "d": d, "reps": reps, "bits": bits,
-            "lattice_decode_failures": failures}
 
 
 # ---------------------------------------------------------------------- peak memory (child process)

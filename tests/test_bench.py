@@ -129,7 +129,8 @@ def test_flat_model_bind_equals_functional_call_and_restores():
 
 
 # ---------------------------------------------------------------------- the command
-_FAST = "engine_vs_bare_cnn,engine_vs_bare_mlp,batched_vs_bare_mlp,quantizer_gbps,peak_rss_300_clients_gb"
+_FAST = ("engine_vs_bare_cnn,engine_vs_bare_mlp,batched_vs_bare_mlp,quantizer_gbps,lattice_vs_copy,"
+         "quafl_lattice_round_vs_sgd,peak_rss_300_clients_gb")
 
 
 def test_bench_json_has_every_requested_line(capsys):
@@ -144,6 +145,13 @@ def test_bench_json_has_every_requested_line(capsys):
     assert obj["peak_rss_300_clients_gb"]["value"] > 0
     assert 0 < obj["engine_vs_bare_mlp"]["value"] < 1000
     assert obj["size"] == "tiny" and obj["machine"]["cpus"] >= 1
+    # the new ratios are finite; a round costs at least its own local SGD
+    assert 0 < obj["lattice_vs_copy"]["value"] < 1e6 and obj["lattice_vs_copy"]["target"] == ">= 0.50"
+    assert 1.0 <= obj["quafl_lattice_round_vs_sgd"]["value"] < 1e6
+    assert obj["quafl_lattice_round_vs_sgd"]["detail"]["local_steps"] > 0
+    send, both = (obj["lattice_vs_copy"]["detail"]["ms"][k] for k in ("send", "encode_decode"))
+    assert send > 0 and both > 0 and "encode then decode" in obj["lattice_vs_copy"]["note"]
+    assert {"lattice_send", "qsgd_send"} <= set(obj["quantizer_gbps"]["detail"]["ms"])
 
 
 def test_bench_table_lines_are_well_formed(capsys):
@@ -210,3 +218,32 @@ def test_engine_pair_and_bare_loop_accept_a_device():
     res = engine_pair(ds, "mlp", 2, 2, 8, 1, 1, device="cpu")
     assert res["ratio"] > 0 and res["clock"] == "cpu" and res["steps"] > 0
     assert BareLoop(ds, "mlp", 8, device="cpu").x.device == torch.device("cpu")
+
+
+def test_quafl_round_line_is_skipped_when_femnist_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("QAFL_DATA_DIR", str(tmp_path))           # set, but holds no FEMNIST
+    line = bench.bench_quafl_round("quick")
+    assert line.value is None and line.passed is None
+    assert line.note.startswith("skipped: FEMNIST data not found") and str(tmp_path) in line.note
+    assert bench.format_table([line]).splitlines()[1].split()[:4] == ["quafl_lattice_round_vs_sgd", "-", "<=", "1.10"]
+
+
+def test_lattice_vs_copy_times_what_replaced_the_fused_send_without_one():
+    """The workload runs against quantizers without ``send`` (the implementation before the fused kernels),
+    timing decode(encode(x)) instead: the same harness measures before and after."""
+    from qafl_core import bench_quantize
+    from qafl_core.quantize import make_quantizer
+
+    class Plain:
+        def __init__(self):
+            self.q = make_quantizer("lattice", 12, 1e-4)
+
+        def encode(self, x, generator=None):
+            return self.q.encode(x, generator)
+
+        def decode(self, msg, key):
+            return self.q.decode(msg, key)
+
+    x = torch.randn(1000) * 0.05
+    a, b = bench_quantize._send(Plain(), x, x), make_quantizer("lattice", 12, 1e-4).send(x, x)
+    assert torch.equal(a.value, b.value) and a.failures == b.failures == 0

@@ -159,3 +159,17 @@ def test_notebooks_match_their_generator():
         built = json.loads(nbformat.writes(gen.build(name)))
         assert built == json.loads((NB_DIR / f"{name}.ipynb").read_text()), \
             f"{name}.ipynb is stale: run notebooks/_make_notebooks.py"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_headline_numbers_come_out_again(smoke, name):
+    """Committed means reproducible: the smoke profile, re-run from an empty run cache, gives exactly the headline
+    numbers committed under figures/smoke/ (real data) or figures/smoke-embedded/ (embedded fallback)."""
+    fresh = json.loads((smoke["figures"] / f"{name}.metrics.json").read_text())
+    folder = "smoke-embedded" if fresh["embedded_fallback"] else "smoke"
+    committed = ROOT / "figures" / folder / f"{name}.metrics.json"
+    if not committed.is_file():
+        pytest.skip(f"no committed {folder} figure for {name} (the {folder} folder holds the figures of that data)")
+    assert fresh["headline"] == json.loads(committed.read_text())["headline"], (
+        f"{name}: headline numbers differ from the committed {committed.relative_to(ROOT)}; regenerate the figures "
+        "deliberately (qafl reproduce --profile smoke) if the change is intended, and say why in the commit")

@@ -8,13 +8,18 @@ exact; messages are a function of the generator seed only; bad parameters name t
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from qafl_core import quantize as qz
-from qafl_core.quantize import Decoded, Message, Quantizer, make_quantizer
+from qafl_core.quantize import Decoded, Message, Quantizer, kernels, make_quantizer
+
+sys.path.insert(0, str(Path(__file__).parent))
+import quantize_reference as ref  # noqa: E402
 
 
 def gen(seed: int) -> torch.Generator:
@@ -302,6 +307,289 @@ def test_bad_inputs_name_the_argument():
         make_quantizer("dithered_lattice", 4).encode(torch.tensor([1.0, math.nan, 2.0]), gen(0))
     with pytest.raises(ValueError, match="^x:"):
         make_quantizer("qsgd", 4).encode(torch.tensor([1.0, math.nan]), gen(0))
+    for name in ("lattice", "dithered_lattice", "qsgd"):                # send checks x as encode does
+        with pytest.raises(ValueError, match="^x:"):
+            make_quantizer(name, 4).send(torch.tensor([1.0, math.inf]), None, gen(0))
+    with pytest.raises(ValueError, match="^key:"):
+        make_quantizer("lattice", 4).send(x, x[:5])
     q = make_quantizer("lattice", 4)
     with pytest.raises(ValueError, match="^key:"):
         q.decode(q.encode(x), x[:5])
+
+
+# ---------------------------------------------------------------------------------------------- bit identity
+# The fused/compiled kernels must reproduce the original implementation (frozen in quantize_reference.py)
+# bit for bit on CPU: codes, oracle, decoded values, failure counts, bits and the random draws.
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtype, shape and bit patterns (+0.0 and -0.0 differ); NaN matches NaN whatever its payload."""
+    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
+        return False
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    as_int = {torch.float32: torch.int32, torch.float64: torch.int64}[a.dtype]
+    return bool(((a.view(as_int) == b.view(as_int)) | (a.isnan() & b.isnan())).all())
+
+
+def lattice_inputs(eps: float, bits: int, big: bool = True) -> dict[str, torch.Tensor]:
+    """Named test vectors: ties, near-ties, the int64 path, zeros/subnormals, tiny and (``big``) chunk-spanning
+    sizes."""
+    k = torch.randint(-3000, 3000, (600,), generator=gen(30)).double()
+    ties = ((k + 0.5) * eps).float()                          # exact ties when eps is a power of two
+    near = torch.cat([torch.nextafter(ties, ties + 1), torch.nextafter(ties, ties - 1), ties])
+    out = {
+        "normal": torch.randn(3000, generator=gen(31)) * 0.05,
+        "ties": ties, "near_ties": near,
+        "zeros": torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, eps / 4, -eps / 4, -eps / 2, eps / 2]),
+        "one": torch.tensor([-0.3]), "two": torch.tensor([0.7, -0.2]), "empty": torch.zeros(0),
+    }
+    if big:
+        out["chunks"] = torch.randn(qz._CHUNK + 13, generator=gen(32)) * 0.1
+    if 2000 / eps >= 2 ** 31:                                # |x|/eps beyond int32: the int64 path
+        spread = torch.rand(500, generator=gen(33)) * 4e3 - 2e3
+        out["huge"] = torch.cat([torch.tensor([2000.0, -2000.0, 1e3 + 0.5]), spread])
+    return out
+
+
+def lattice_keys(x: torch.Tensor, q) -> dict[str, torch.Tensor | None]:
+    """Keys inside the window, some coordinates far outside it (wrapped), float64, one inf, none."""
+    inside = x.double() + (torch.rand(x.numel(), generator=gen(34), dtype=torch.float64) * 2 - 1) * q.window * 0.7
+    far = inside.clone()
+    far[::7] += q.window * (3 + torch.rand(far[::7].numel(), generator=gen(35), dtype=torch.float64) * 40)
+    keys = {"inside": inside.float(), "far": far.float(), "float64": far, "none": None}
+    if x.numel() > 3:
+        special = inside.float()
+        special[1], special[2] = math.inf, -math.inf
+        keys["inf"] = special
+    return keys
+
+
+def assert_lattice_matches_reference(name: str, bits: int, eps: float, inputs=None, keys=None, oracle_free: bool = True):
+    """``oracle_free``: also decode without the oracle (always the eager loop: the compiled kernels need it)."""
+    cls = ref.DitheredLatticeQuantizer if name == "dithered_lattice" else ref.LatticeQuantizer
+    old, new = cls(bits, eps), make_quantizer(name, bits, eps)
+    for label, x in (inputs or lattice_inputs(eps, bits)).items():
+        where = f"{name} b={bits} eps={eps} x={label}"
+        a, b = old.encode(x, gen(40)), new.encode(x, gen(40))
+        assert a.payload.keys() == b.payload.keys() and a.bits == b.bits and a.numel == b.numel, where
+        assert all(same_bits(a.payload[k], b.payload[k]) for k in a.payload), where
+        assert same_bits(a.check, b.check), where
+        for kname, key in (keys or lattice_keys)(x, new).items():
+            r = old.decode(a, key)
+            d, s = new.decode(b, key), new.send(x, key, gen(40))
+            assert same_bits(r.value, d.value) and r.failures == d.failures, f"{where} key={kname} decode"
+            assert same_bits(r.value, s.value) and r.failures == s.failures, f"{where} key={kname} send"
+            assert s.bits == a.bits, where
+        if oracle_free and name == "lattice" and x.numel():          # the oracle matters: decode without it counts 0
+            bare = Message(b.payload, b.bits, b.numel, check=None)
+            assert same_bits(new.decode(bare, x).value, old.decode(Message(a.payload, a.bits, a.numel), x).value)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 10, 12, 31, 32])
+@pytest.mark.parametrize("name", ["lattice", "dithered_lattice"])
+def test_lattice_is_bit_identical_to_the_reference(name, bits):
+    for i, eps in enumerate((1e-4, 3e-3 if bits % 2 else 2.0 ** -10, 0.5, 1e-7)):   # 0.5, 2**-10: exact ties
+        assert_lattice_matches_reference(name, bits, eps, lattice_inputs(eps, bits, big=i == 0))
+
+
+def qsgd_layouts(d: int):
+    return [(None, None), (7, None), (None, [3, 0, 1, 100, d - 104]), (5, [0, 5, d - 5]), (100_003, None),
+            (None, [d]), (1, [2, d - 2])]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 10, 16, 17, 24, 31, 32])
+def test_qsgd_is_bit_identical_to_the_reference(bits):
+    d = qz._CHUNK + 333                                      # buckets larger than a chunk, merged small ones
+    x = torch.randn(d, generator=gen(41))
+    x[200:300] = 0.25                                         # a constant bucket under bucket=7 and [3,0,1,100,..]
+    x[5:9] = torch.tensor([3e4, -3e4, 1e-30, -0.0])
+    for bucket, segments in qsgd_layouts(d):
+        old = ref.QSGDQuantizer(bits, bucket, segments)
+        new = make_quantizer("qsgd", bits, bucket=bucket, segments=segments)
+        where = f"qsgd b={bits} bucket={bucket} segments={segments}"
+        for xx in (x, x[:40].clone()) if segments is None else (x,):
+            a, b = old.encode(xx, gen(42)), new.encode(xx, gen(42))
+            assert a.payload.keys() == b.payload.keys() and a.bits == b.bits, where
+            assert all(same_bits(a.payload[k], b.payload[k]) for k in a.payload), where
+            r = old.decode(a, None)
+            assert same_bits(r.value, new.decode(b, None).value), where
+            s = new.send(xx, None, gen(42))
+            assert same_bits(r.value, s.value) and s.failures == 0 and s.bits == a.bits, where
+
+
+def test_identity_send_copies_unless_borrowing():
+    q = make_quantizer("identity")
+    x = torch.randn(50, generator=gen(43))
+    s = q.send(x, None)
+    assert torch.equal(s.value, x) and s.value.data_ptr() != x.data_ptr() and s.bits == 32 * 50 and s.failures == 0
+    assert q.borrowing().send(x, None).value is x
+    out = torch.empty(50)
+    assert q.send(x, None, out=out).value is out and torch.equal(out, x)
+
+
+@pytest.mark.parametrize("name", ["lattice", "dithered_lattice", "qsgd", "identity"])
+def test_send_and_decode_write_into_out(name):
+    q = make_quantizer(name, 32 if name == "identity" else 8, 1e-3)
+    x = torch.randn(100, generator=gen(44)) * 0.01
+    out = torch.full((100,), 7.0)
+    s = q.send(x, x, gen(1), out=out)
+    assert s.value is out and torch.equal(out, q.decode(q.encode(x, gen(1)), x).value)
+    out2 = torch.empty(100)
+    assert q.decode(q.encode(x, gen(1)), x, out=out2).value is out2 and torch.equal(out2, out)
+    with pytest.raises(ValueError, match="^out:"):
+        q.send(x, x, gen(1), out=torch.empty(99))
+    with pytest.raises(ValueError, match="^out:"):
+        q.send(x, x, gen(1), out=torch.empty(100, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------- compiled kernels
+@pytest.fixture
+def restore_kernels_state():
+    state = dict(kernels._state)
+    yield
+    kernels._state.update(state)
+
+
+def test_compile_mode_comes_from_the_environment_and_is_validated(monkeypatch, restore_kernels_state):
+    monkeypatch.setenv("QAFL_QUANT_COMPILE", "off")
+    assert kernels.compile_mode() == "off" and not kernels.use_compiled(10 ** 7, torch.device("cpu"))
+    monkeypatch.setenv("QAFL_QUANT_COMPILE", "auto")
+    cpu = torch.device("cpu")
+    assert kernels.use_compiled(kernels.COMPILE_MIN, cpu) and not kernels.use_compiled(kernels.COMPILE_MIN - 1, cpu)
+    assert not kernels.use_compiled(10 ** 7, torch.device("cuda"))       # auto: CPU only (GPUs need Triton)
+    with kernels.compiling("on"):
+        assert kernels.use_compiled(2, cpu) and not kernels.use_compiled(1, cpu)
+    monkeypatch.setenv("QAFL_QUANT_COMPILE", "fast")
+    with pytest.raises(ValueError, match="^QAFL_QUANT_COMPILE: expected one of auto, on, off"):
+        kernels.compile_mode()
+    with pytest.raises(ValueError, match="^mode:"), kernels.compiling("yes"):
+        pass
+
+
+def test_a_failing_compiler_falls_back_to_the_same_results(monkeypatch, restore_kernels_state, caplog):
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler")
+        return call
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(kernels, "_compiled", {})
+    q, old = make_quantizer("lattice", 10, 1e-3), ref.LatticeQuantizer(10, 1e-3)
+    x = torch.randn(1000, generator=gen(45)) * 0.1
+    with kernels.compiling("on"), caplog.at_level("WARNING", logger="qafl"):
+        s = q.send(x, x + 0.01, None)
+        assert kernels.compile_status()["failed"] == "RuntimeError: no C++ compiler"
+        assert not kernels.use_compiled(1000, x.device)                      # eager from now on
+        m = q.encode(x)
+    assert same_bits(s.value, old.decode(old.encode(x), x + 0.01).value)
+    assert same_bits(m.payload["codes"], old.encode(x).payload["codes"])
+    assert sum("torch.compile failed" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lattice", "dithered_lattice"])
+def test_compiled_lattice_kernels_are_bit_identical_to_the_reference(name, monkeypatch):
+    """Compiles the encode, decode and send kernels (about a minute each on 2 cores unless inductor's
+    disk cache has them) and checks them on the reference cases; the eager loops are disabled where the
+    compiled kernels must run, so a silent fallback cannot pass."""
+    cls = type(make_quantizer(name, 10, 1e-3))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the eager loop ran where the compiled kernel should have")
+
+    x_int64_or_wide = {"huge", "one", "empty"}
+    for bits, eps in [(10, 1e-4), (12, 0.5), (32, 2.0 ** -10), (10, 1e-7)]:
+        inputs = {k: v for k, v in lattice_inputs(eps, bits).items() if k not in x_int64_or_wide}
+
+        def keys(x, q):
+            return {k: v for k, v in lattice_keys(x, q).items() if k in ("inside", "far", "inf")}
+        with kernels.compiling("on"), monkeypatch.context() as mp:
+            mp.setattr(cls, "_send_eager", forbidden)
+            mp.setattr(cls, "_decode_eager", forbidden)
+            if bits < 32:
+                mp.setattr(cls, "_encode_eager", forbidden)
+            assert_lattice_matches_reference(name, bits, eps, inputs, keys, oracle_free=False)
+        with kernels.compiling("on"):                         # key=None, float64 keys, int64 m: eager, same bits
+            assert_lattice_matches_reference(name, bits, eps)
+    assert kernels.compile_status()["failed"] is None
+
+
+# ---------------------------------------------------------------------------------------------- devices, extensions
+class HostReads:
+    """Counts reads of tensor values into Python (``item``, ``bool``, ``int``, ``float``, ``tolist``): on an
+    accelerator each is a synchronising round-trip."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for meth in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+            real = getattr(torch.Tensor, meth)
+
+            def counted(t, *a, _real=real, **k):
+                self.count += 1
+                return _real(t, *a, **k)
+            monkeypatch.setattr(torch.Tensor, meth, counted)
+
+
+@pytest.mark.parametrize("name,reads", [("lattice", (1, 1, 2)), ("dithered_lattice", (2, 2, 3)), ("qsgd", (1, 0, 1))])
+def test_host_reads_per_message_do_not_grow_with_chunks(name, reads, monkeypatch):
+    """(encode, decode, send) read the device at most a fixed number of times, however many work chunks."""
+    q = make_quantizer(name, 10, 1e-3, bucket=1000)
+    for n in (100, 3 * qz._CHUNK + 5):
+        x = torch.randn(n, generator=gen(46)) * 0.1
+        key = x + 0.001
+        msg = q.encode(x, gen(1))
+        with monkeypatch.context() as mp:
+            counter = HostReads(mp)
+            q.encode(x, gen(1))
+            after_encode = counter.count
+            q.decode(msg, key)
+            after_decode = counter.count
+            q.send(x, key, gen(1))
+        assert (after_encode, after_decode - after_encode, counter.count - after_decode) == reads, n
+
+
+def test_work_chunks_are_cache_sized_on_cpu_and_whole_vectors_elsewhere():
+    from qafl_core.quantize.base import _chunks
+
+    n = 2 * qz._CHUNK + 1
+    assert list(_chunks(n, torch.device("cpu"))) == [(0, qz._CHUNK), (qz._CHUNK, 2 * qz._CHUNK), (2 * qz._CHUNK, n)]
+    assert list(_chunks(n, torch.device("cuda"))) == [(0, n)] and list(_chunks(0, torch.device("cuda"))) == []
+
+
+def test_tensors_stay_on_the_vectors_device_and_generators_must_match():
+    x = torch.randn(300, generator=gen(47))
+    for name in ("lattice", "dithered_lattice", "qsgd"):
+        q = make_quantizer(name, 8, 1e-2, bucket=64)
+        msg = q.encode(x, gen(2))
+        assert all(t.device == x.device for t in msg.payload.values())
+        assert q.decode(msg, x).value.device == x.device and q.send(x, x, gen(2)).value.device == x.device
+
+    class CudaGenerator(torch.Generator):                   # stands in for torch.Generator(device="cuda")
+        @property
+        def device(self):
+            return torch.device("cuda")
+
+    for name in ("qsgd", "dithered_lattice"):
+        with pytest.raises(ValueError, match=f"^generator: {name} draws on the vector's device cpu, got a generator on"):
+            make_quantizer(name, 4).encode(x, CudaGenerator())
+    with pytest.raises(ValueError, match="^key: expected a tensor on"):
+        make_quantizer("lattice", 8).decode(make_quantizer("lattice", 8).encode(x), x.to("meta"))
+
+
+def test_a_registered_quantizer_can_send_via_decode(monkeypatch):
+    class Halving(qz.SendViaDecode):
+        name, bits_per_coord, needs_key = "halving", 16, False
+
+        def encode(self, x, generator=None):
+            return Message({"v": x * 0.5}, 16 * x.numel(), x.numel())
+
+        def decode(self, msg, key=None):
+            return Decoded(msg.payload["v"] * 2, 0)
+
+    monkeypatch.setitem(qz.BUILDERS, "halving", lambda bits, eps, bucket, segments: Halving())
+    q = make_quantizer("halving", 16)
+    x = torch.randn(10, generator=gen(48))
+    s = q.send(x, None)
+    assert isinstance(s, qz.Sent) and torch.equal(s.value, x) and s.bits == 160 and s.failures == 0
+    out = torch.empty(10)
+    assert q.send(x, None, out=out).value is out and torch.equal(out, x)

@@ -1,10 +1,9 @@
 """The identity quantizer: float32 as is (32 bits per coordinate)."""
 from __future__ import annotations
 
-
 import torch
 
-from qafl_core.quantize.base import Decoded, Message, _check_vec
+from qafl_core.quantize.base import Decoded, Message, Sent, _check_out, _check_vec
 
 
 class IdentityQuantizer:
@@ -34,7 +33,19 @@ class IdentityQuantizer:
         # snapshot: the sender may change x (e.g. average in place) before the receiver decodes
         return Message({"values": x.clone() if self.copy else x}, 32 * x.numel(), x.numel())
 
-    def decode(self, msg: Message, key: torch.Tensor | None = None) -> Decoded:
+    def decode(self, msg: Message, key: torch.Tensor | None = None, out: torch.Tensor | None = None) -> Decoded:
         # fresh tensor: one message may be decoded by several receivers that mutate what they get
         v = msg.payload["values"]
+        if out is not None:
+            return Decoded(_check_out(out, v.numel(), v.device).copy_(v), 0)
         return Decoded(v.clone() if self.copy else v, 0)
+
+    def send(self, x: torch.Tensor, key: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             out: torch.Tensor | None = None) -> Sent:
+        """``decode(encode(x))`` with one copy (none when borrowing)."""
+        _check_vec(x, self.dim, "x")
+        if out is not None:
+            value = _check_out(out, x.numel(), x.device).copy_(x)
+        else:
+            value = x.clone() if self.copy else x
+        return Sent(value, 0, 32 * x.numel())

@@ -1,11 +1,76 @@
-"""The paper code's modular lattice quantizer and its dithered extension."""
+"""The paper code's modular lattice quantizer and its dithered extension.
+
+Kept over 250 lines: the encode, decode and fused-send kernels are each written twice (pure ``*_math``
+functions for ``torch.compile``, in-place chunk loops for eager runs) and belong next to each other.
+
+Per coordinate, in float64 (``u``: the dither, 0 for the plain lattice; ``q = 2**b``)::
+
+    m     = round((x + u) / eps)                 half to even, as torch.round in the paper code
+    code  = m mod q                              in [0, q); b = 32: the int32 bit pattern of m
+    m_hat = code + q * round((key + u)/(q eps) - code/q)
+    value = float32(eps * m_hat - u)
+
+``1/eps`` is multiplied (relative error <= 2**-52), never divided. ``code/q`` and ``q * round(.)`` are
+exact (``q`` is a power of two), so ``m mod q`` computed in float64 as ``m - q floor(m/q)`` equals the
+integer one for ``|m| < 2**62``. ``failures`` counts ``m_hat != m``.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from qafl_core.quantize.base import _CHUNK, _SEED_BITS, Decoded, Message, _check_vec, _need_generator
+from qafl_core.quantize import kernels
+from qafl_core.quantize.base import (
+    _SEED_BITS,
+    Decoded,
+    Message,
+    Sent,
+    Workspace,
+    _check_out,
+    _check_vec,
+    _chunks,
+    _need_generator,
+)
+
+_F64 = torch.float64
+
+
+# ---------------------------------------------------------------------------------------------- pure kernels
+def _codes_math(m, inv_q: float, q: float, half: float):
+    """``m mod q`` as float64 in [0, q), minus ``q`` from ``half`` up: ``half = q`` gives the ``b < 32``
+    codes, ``half = 2**31`` (``b = 32``) the signed int32 value of ``m``'s low 32 bits (one kernel for both)."""
+    c = m - (m * inv_q).floor() * q
+    return torch.where(c >= half, c - q, c)
+
+
+def _encode_math(x, u, m_out, codes_out, inv_eps: float, inv_q: float, q: float):
+    """``b < 32``, int32 ``m``: writes ``m`` and its codes."""
+    t = x.to(_F64) if u is None else x.to(_F64) + u.to(_F64)
+    m = (t * inv_eps).round()
+    m_out.copy_(m)
+    codes_out.copy_(_codes_math(m, inv_q, q, q))
+
+
+def _decode_math(c, key, u, check, out, inv_eps_q: float, inv_q: float, q: float, eps: float):
+    """Writes ``out``; returns the number of ``m_hat != m`` (0-d int64; 0 when ``check`` is None).
+    ``c`` is the code (int32 codes, or the float64 code of a fused send)."""
+    c = c.to(_F64)
+    t = torch.zeros_like(c) if key is None else key.to(_F64)
+    if u is not None:
+        t = t + u.to(_F64)
+    m_hat = c + (t * inv_eps_q - c * inv_q).round() * q
+    v = m_hat * eps
+    out.copy_(v if u is None else v - u.to(_F64))
+    if check is None:
+        return torch.zeros((), dtype=torch.int64, device=c.device)
+    return (m_hat != check.to(_F64)).sum()
+
+
+def _send_math(x, key, u, out, inv_eps: float, inv_eps_q: float, inv_q: float, q: float, half: float, eps: float):
+    t = x.to(_F64) if u is None else x.to(_F64) + u.to(_F64)
+    m = (t * inv_eps).round()
+    return _decode_math(_codes_math(m, inv_q, q, half), key, u, m, out, inv_eps_q, inv_q, q, eps)
 
 
 class LatticeQuantizer:
@@ -25,102 +90,212 @@ class LatticeQuantizer:
         self.inv_eps = 1.0 / eps   # multiplying is 2x faster than dividing; off by <= 2**-52 relative
         self.q = 1 << bits
         self.dim = sum(segments) if segments is not None else None
+        self.ws = Workspace()
 
     @property
     def window(self) -> float:
         """Half-width ``q*eps/2`` of the decoding window around the key."""
         return self.q * self.eps / 2
 
-    def _draw_seed(self, generator: torch.Generator | None) -> int | None:
+    # -------------------------------------------------------------------------------- dither hooks
+    def _draw_seed(self, generator: torch.Generator | None, device: torch.device) -> int | None:
         return None                # deterministic: no seed, no header, no dither
 
-    _dither = staticmethod(lambda seed, device: None)
+    def _dither_stream(self, seed: int | None, device: torch.device) -> torch.Generator | None:
+        return None
 
+    def _next_dither(self, stream: torch.Generator, n: int, device: torch.device, name: str = "u") -> torch.Tensor:
+        """The stream's next ``n`` dither values ``U[-eps/2, eps/2)`` (float32), drawn in work chunks."""
+        u = self.ws.get(name, n, torch.float32, device)
+        for a, b in _chunks(n, device):      # CPU: the chunk sizes the draws were always made in
+            u[a:b].uniform_(generator=stream)
+        return u.sub_(0.5).mul_(self.eps)
+
+    def _whole_dither(self, seed: int | None, n: int, device: torch.device) -> torch.Tensor | None:
+        stream = self._dither_stream(seed, device)
+        return None if stream is None else self._next_dither(stream, n, device, "u_all")
+
+    # -------------------------------------------------------------------------------- checks
     def _integer_dtype(self, x: torch.Tensor) -> torch.dtype:
-        """int32 for ``m`` unless ``|x|/eps`` needs more; rejects inf/nan and ``|x|/eps >= 2**62``."""
-        lo, hi = torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))   # no |x| temporary
-        top = max(-lo.item(), hi.item())              # nan propagates through both
+        """int32 for ``m`` unless ``|x|/eps`` needs more; rejects inf/nan and ``|x|/eps >= 2**62``.
+        One host read per message (the largest ``|x|``), no ``|x|`` temporary."""
+        if x.numel():
+            lo, hi = torch.aminmax(x)
+            top = torch.maximum(lo.neg(), hi).item()    # nan propagates
+        else:
+            top = 0.0
         if not math.isfinite(top) or top * self.inv_eps + 1 >= 2.0 ** 62:
             raise ValueError(f"x: {self.name} needs finite values with |x|/eps < 2**62, got max |x| = {top} "
                              f"with eps = {self.eps}")
         return torch.int32 if top * self.inv_eps + 1 < 2.0 ** 31 - 2 else torch.int64
 
+    def _consts(self) -> tuple[float, float, float]:
+        """``1/(q eps)``, ``1/q`` and ``q`` as floats (exact: ``q`` is a power of two)."""
+        return self.inv_eps / self.q, 1.0 / self.q, float(self.q)
+
+    # -------------------------------------------------------------------------------- encode
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Message:
-        """``m = round((x + u)/eps)`` (``u = 0`` here), codes ``m mod q``; ``check`` keeps ``m``."""
+        """``m = round((x + u)/eps)``, codes ``m mod q`` (int32); ``check`` keeps ``m`` (int32, or int64
+        when ``|x|/eps`` needs it; for ``b = 32`` with int32 ``m`` the codes *are* ``m``)."""
         _check_vec(x, self.dim, "x")
-        n = x.numel()
-        seed = self._draw_seed(generator)
-        dither = self._dither(seed, x.device)
-        m = torch.empty(n, dtype=self._integer_dtype(x), device=x.device)
+        n, dev = x.numel(), x.device
+        seed = self._draw_seed(generator, dev)
+        m = torch.empty(n, dtype=self._integer_dtype(x), device=dev)
         wide = self.bits_per_coord == 32
         # a 32-bit code is the int32 bit pattern of m (two's complement), so it can share m's storage
-        codes = m if wide and m.dtype == torch.int32 else torch.empty(n, dtype=torch.int32, device=x.device)
-        for a in range(0, n, _CHUNK):
-            t = x[a:a + _CHUNK].to(torch.float64)
-            if dither is not None:
-                t.add_(dither(t.numel()))
-            m_c = m[a:a + _CHUNK]
-            m_c.copy_(t.mul_(self.inv_eps).round_())          # half to even, as torch.round in the paper code
-            if codes is not m:
-                # two's complement: m & (q-1) == m mod q in [0, q); int64 -> int32 keeps the low 32 bits
-                codes[a:a + _CHUNK] = m_c if wide else m_c & (self.q - 1)
+        codes = m if wide and m.dtype == torch.int32 else torch.empty(n, dtype=torch.int32, device=dev)
+        _, inv_q, q = self._consts()
+        res = kernels.FAILED
+        if not wide and m.dtype == torch.int32 and kernels.use_compiled(n, dev):   # the common case: one kernel
+            res = kernels.run_compiled(_encode_math, x, self._whole_dither(seed, n, dev), m, codes, self.inv_eps,
+                                       inv_q, q)
+        if res is kernels.FAILED:
+            self._encode_eager(x, seed, m, codes, wide)
         payload, header = {"codes": codes}, 0
         if seed is not None:
-            payload["seed"], header = torch.tensor(seed, dtype=torch.int64), _SEED_BITS
+            payload["seed"], header = torch.tensor(seed, dtype=torch.int64, device=dev), _SEED_BITS
         return Message(payload, self.bits_per_coord * n + header, n, check=m)
 
-    def decode(self, msg: Message, key: torch.Tensor | None) -> Decoded:
+    def _encode_eager(self, x, seed, m, codes, wide) -> None:
+        stream = self._dither_stream(seed, x.device)
+        for a, b in _chunks(x.numel(), x.device):
+            t = self.ws.get("t", b - a, _F64, x.device).copy_(x[a:b])
+            if stream is not None:
+                t.add_(self._next_dither(stream, b - a, x.device))
+            m_c = m[a:b]
+            m_c.copy_(t.mul_(self.inv_eps).round_())           # half to even, as torch.round in the paper code
+            if codes is not m:
+                # two's complement: m & (q-1) == m mod q in [0, q); int64 -> int32 keeps the low 32 bits
+                if wide:
+                    codes[a:b].copy_(m_c)
+                else:
+                    torch.bitwise_and(m_c, self.q - 1, out=codes[a:b])
+
+    # -------------------------------------------------------------------------------- decode
+    def decode(self, msg: Message, key: torch.Tensor | None, out: torch.Tensor | None = None) -> Decoded:
         """``m_hat = c + q*round((key/eps - c)/q)``, value ``eps*m_hat`` (= the paper's
         ``q eps round(key/(q eps) - c/q) + eps c``). ``key=None`` decodes against the zero vector.
-        ``failures`` counts coordinates with ``m_hat != m`` (0 when the message carries no ``check``)."""
-        n = msg.numel
+        ``failures`` counts coordinates with ``m_hat != m`` (0 when the message carries no ``check``).
+        ``out``: a float32 vector to write into (default: a fresh one)."""
+        n, codes, check = msg.numel, msg.payload["codes"], msg.check
+        dev = codes.device
         if key is not None:
-            _check_vec(key, n, "key", any_float=True)
-        codes, check = msg.payload["codes"], msg.check
-        dither = self._dither(int(msg.payload["seed"]) if "seed" in msg.payload else None, codes.device)
-        out = torch.empty(n, dtype=torch.float32, device=codes.device)
-        failures = 0
-        inv_eps_q = self.inv_eps / self.q               # exact: q is a power of two
-        for a in range(0, n, _CHUNK):
-            c = codes[a:a + _CHUNK].to(torch.float64)   # any representative of m mod q decodes (signed 32-bit too)
-            t = torch.zeros_like(c) if key is None else key[a:a + _CHUNK].to(torch.float64, copy=True)
-            u = dither(c.numel()) if dither is not None else None
+            _check_vec(key, n, "key", any_float=True, device=dev)
+        out = _check_out(out, n, dev)
+        seed = int(msg.payload["seed"]) if "seed" in msg.payload else None
+        inv_eps_q, inv_q, q = self._consts()
+        fails = kernels.FAILED
+        if self._compiles(key, n, dev, check is not None and check.dtype == torch.int32):
+            fails = kernels.run_compiled(_decode_math, codes, key, self._whole_dither(seed, n, dev), check, out,
+                                         inv_eps_q, inv_q, q, self.eps)
+        if fails is kernels.FAILED:
+            fails = self._decode_eager(codes, key, seed, check, out)
+        return Decoded(out, int(fails))
+
+    def _decode_eager(self, codes, key, seed, check, out) -> torch.Tensor:
+        dev = codes.device
+        stream = self._dither_stream(seed, dev)
+        inv_eps_q, inv_q, q = self._consts()
+        fails = torch.zeros((), dtype=torch.int64, device=dev)
+        for a, b in _chunks(codes.numel(), dev):
+            c = self.ws.get("c", b - a, _F64, dev).copy_(codes[a:b])   # any representative of m mod q decodes
+            t = self.ws.get("t", b - a, _F64, dev)
+            t.zero_() if key is None else t.copy_(key[a:b])
+            u = None if stream is None else self._next_dither(stream, b - a, dev)
             if u is not None:
                 t.add_(u)                                # the sender rounded x + u: compare like with like
             # m_hat = c + q*round((t/eps - c)/q), 3 ops instead of 6: scaling by 1/q (a power of two) commutes with
             # float64 rounding and c/q, q*round(.) are exact, so this is bit-identical to the step-by-step form
-            t.mul_(inv_eps_q).sub_(c, alpha=1.0 / self.q).round_()
-            torch.add(c, t, alpha=self.q, out=t)         # m_hat (exact integers)
+            t.mul_(inv_eps_q).sub_(c, alpha=inv_q).round_()
+            torch.add(c, t, alpha=q, out=t)              # m_hat (exact integers)
             if check is not None:
-                true_m = check[a:a + _CHUNK].to(torch.float64)
-                if not torch.equal(t, true_m):          # fast path when nothing wrapped
-                    failures += int(t.ne(true_m).sum())
+                fails += self._count_ne(t, c.copy_(check[a:b]))
             t.mul_(self.eps)
             if u is not None:
                 t.sub_(u)
-            out[a:a + _CHUNK] = t
-        return Decoded(out, failures)
+            out[a:b].copy_(t)
+        return fails
+
+    @staticmethod
+    def _compiles(key, n: int, device: torch.device, int32_check: bool = True) -> bool:
+        """Compiled decode/send for what the simulator sends (float32 keys; decode: an int32 oracle); other
+        key dtypes, ``key=None``, int64 ``m`` and messages without oracle run eagerly: fewer kernels to compile."""
+        return key is not None and key.dtype == torch.float32 and int32_check and kernels.use_compiled(n, device)
+
+    def _count_ne(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Number of coordinates where ``a != b``, on the device (no host read per chunk)."""
+        return torch.ne(a, b, out=self.ws.get("ne", a.numel(), torch.bool, a.device)).sum()
+
+    # -------------------------------------------------------------------------------- fused send
+    def send(self, x: torch.Tensor, key: torch.Tensor | None, generator: torch.Generator | None = None,
+             out: torch.Tensor | None = None) -> Sent:
+        """``decode(encode(x, generator), key)`` in one pass, without the codes: same value, failures, bits."""
+        _check_vec(x, self.dim, "x")
+        n, dev = x.numel(), x.device
+        if key is not None:
+            _check_vec(key, n, "key", any_float=True, device=dev)
+        seed = self._draw_seed(generator, dev)
+        wide = self.bits_per_coord == 32
+        wrap = self._integer_dtype(x) == torch.int64 and wide     # checks x; int32 m: a 32-bit code is m itself
+        out = _check_out(out, n, dev)
+        inv_eps_q, inv_q, q = self._consts()
+        fails = kernels.FAILED
+        if self._compiles(key, n, dev):
+            fails = kernels.run_compiled(_send_math, x, key, self._whole_dither(seed, n, dev), out, self.inv_eps,
+                                         inv_eps_q, inv_q, q, 2.0 ** 31 if wide else q, self.eps)
+        if fails is kernels.FAILED:
+            fails = self._send_eager(x, key, seed, out, wide, wrap)
+        return Sent(out, int(fails), self.bits_per_coord * n + (0 if seed is None else _SEED_BITS))
+
+    def _send_eager(self, x, key, seed, out, wide, wrap) -> torch.Tensor:
+        dev = x.device
+        stream = self._dither_stream(seed, dev)
+        inv_eps_q, inv_q, q = self._consts()
+        fails = torch.zeros((), dtype=torch.int64, device=dev)
+        for a, b in _chunks(x.numel(), dev):
+            m = self.ws.get("m", b - a, _F64, dev).copy_(x[a:b])
+            u = None if stream is None else self._next_dither(stream, b - a, dev)
+            if u is not None:
+                m.add_(u)
+            m.mul_(self.inv_eps).round_()
+            if wide and not wrap:                        # |m| < 2**31: the int32 code is m; + 0.0 turns
+                c = m.add_(0.0)                          # -0.0 into the code's +0.0 (m_hat = c + q*(-0.0))
+            else:                                        # c = m - q floor(m/q), exact; b = 32: signed
+                c = torch.mul(m, inv_q, out=self.ws.get("c", b - a, _F64, dev)).floor_()
+                torch.sub(m, c, alpha=q, out=c)
+                if wide:
+                    c.add_(torch.ge(c, 2.0 ** 31, out=self.ws.get("ne", b - a, torch.bool, dev)), alpha=-q)
+            t = self.ws.get("t", b - a, _F64, dev)
+            t.zero_() if key is None else t.copy_(key[a:b])
+            if u is not None:
+                t.add_(u)
+            t.mul_(inv_eps_q).sub_(c, alpha=inv_q).round_()
+            torch.add(c, t, alpha=q, out=t)              # m_hat
+            fails += self._count_ne(t, m)
+            t.mul_(self.eps)
+            if u is not None:
+                t.sub_(u)
+            out[a:b].copy_(t)
+        return fails
 
 
 class DitheredLatticeQuantizer(LatticeQuantizer):
     """Lattice with subtractive dither (suite extension; unbiased, docs/quantizers.md).
 
     The sender draws a seed from the message generator and sends it as a 64-bit header; both sides
-    regenerate ``u ~ U[-eps/2, eps/2)^d`` from it (float32 draws, chunk by chunk). Encode
-    ``m = round((x + u)/eps)``, decode ``eps*m_hat - u``: the error ``eps*m - (x + u)`` is uniform on
+    regenerate ``u ~ U[-eps/2, eps/2)^d`` from it (float32 draws, chunk by chunk, on the vector's device).
+    Encode ``m = round((x + u)/eps)``, decode ``eps*m_hat - u``: the error ``eps*m - (x + u)`` is uniform on
     ``[-eps/2, eps/2]`` and independent of ``x`` (up to the 2**-24 resolution of the draws), hence
     zero-mean. Decoding uses ``key + u`` and is exact whenever ``|key - x| < (q - 1) eps/2``.
     """
 
     name = "dithered_lattice"
 
-    def _draw_seed(self, generator: torch.Generator | None) -> int:
-        g = _need_generator(generator, self.name)
+    def _draw_seed(self, generator: torch.Generator | None, device: torch.device) -> int:
+        g = _need_generator(generator, self.name, device)
         return int(torch.randint(0, 2 ** 62, (), generator=g, dtype=torch.int64, device=g.device))
 
-    def _dither(self, seed: int | None, device: torch.device):
-        """The dither stream of a message, on the message's device (CUDA draws other numbers than the CPU)."""
-        g = torch.Generator() if device.type == "cpu" else torch.Generator(device=device)
+    def _dither_stream(self, seed: int | None, device: torch.device) -> torch.Generator:
+        g = torch.Generator(device=device)
         g.manual_seed(seed)
-        eps = self.eps
-        return lambda k: torch.rand(k, generator=g, device=g.device).sub_(0.5).mul_(eps)   # next k draws, in [-eps/2, eps/2)
+        return g

@@ -1,0 +1,73 @@
+"""The paper profile's headline numbers from archived runs (qafl_core/experiments/paper_headline.py)."""
+import math
+
+import pandas as pd
+import pytest
+
+from qafl_core import archive
+from qafl_core.experiments import paper_headline as ph
+from qafl_core.runner import COLUMNS
+
+SPEC = {"base": {"dataset": "quadratic", "num_clients": 4, "clients_per_round": 2, "time_limit": 30.0,
+                 "eval_every": 10.0},
+        "experiments": {"small": {}},
+        "seeds": [0, 1, 2],
+        "variants": {"A": {"algorithm": "quafl"}, "B": {"algorithm": "fedavg"}}}
+
+
+def _table(cfg, accs, losses, bits_per_eval, zero=0.25):
+    """A hand-made results table: evaluations at t = 0, 10, 20, 30."""
+    rows = []
+    for i, (acc, loss) in enumerate(zip(accs, losses)):
+        base = {c: None for c in COLUMNS}
+        base.update(algorithm=cfg.algorithm, dataset=cfg.dataset, model="linear", seed=cfg.seed, quantizer="identity",
+                    bits=32, clients_per_round=2, num_clients=4, time=10.0 * i, server_steps=i, local_steps=5 * i,
+                    bits_up=bits_per_eval * i, bits_down=bits_per_eval * i, config_hash=cfg.config_hash())
+        rows += [{**base, "split": "test", "metric": "accuracy", "value": acc},
+                 {**base, "split": "test", "metric": "loss", "value": loss},
+                 {**base, "split": "sim", "metric": "zero_step_fraction_slow", "value": zero}]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+CURVES = {  # (label, seed) -> accuracies at t = 0, 10, 20, 30
+    ("A", 0): [0.1, 0.5, 0.7, 0.8], ("A", 1): [0.1, 0.3, 0.6, 0.9], ("A", 2): [0.1, 0.2, 0.3, 0.7],
+    ("B", 0): [0.1, 0.2, 0.3, 0.4], ("B", 1): [0.1, 0.2, 0.5, 0.6],   # B seed 2 not archived
+}
+
+
+@pytest.fixture
+def root(tmp_path):
+    for label, seed, cfg in ph.run_configs(SPEC, "small"):
+        if (label, seed) in CURVES:
+            accs = CURVES[(label, seed)]
+            archive.add(_table(cfg, accs, [1 - a for a in accs], 1e9), cfg, tmp_path / "small", data_fingerprint="d",
+                        code_fingerprint="c", git_commit=None)
+    return tmp_path
+
+
+def test_mean_ci_is_the_student_t_interval():
+    mean, half = ph.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)   # t(0.975, 2) * sd / sqrt(n)
+    assert ph.mean_ci([5.0])[0] == 5.0 and math.isnan(ph.mean_ci([5.0])[1])
+    assert all(math.isnan(v) for v in ph.mean_ci([math.nan]))
+
+
+def test_headline_numbers_by_hand(root):
+    results, missing, prov = ph.collect(SPEC, "small", roots=[root], verify_data=False)
+    assert missing == [("B", 2)] and len(prov) == 5 and all(p["data_verified"] is False for p in prov)
+    table = ph.headline(results, target=0.6, order=["A", "B"]).set_index("label")
+    a, b = table.loc["A"], table.loc["B"]
+    assert a.seeds == 3 and a.reached == 3 and b.seeds == 2 and b.reached == 1
+    assert a.final_accuracy == pytest.approx(0.8)                       # (0.8 + 0.9 + 0.7) / 3
+    assert a.final_loss == pytest.approx(0.2)
+    assert a.time_to_target == pytest.approx(70 / 3)                     # first t with accuracy >= 0.6: 20, 20, 30
+    assert b.time_to_target == pytest.approx(30.0) and math.isnan(b.time_to_target_ci)   # one seed reached
+    assert a.gbits_to_target == pytest.approx(2 * a.time_to_target / 10)   # 1 Gbit up + 1 down per 10 time units
+    assert a.zero_step_slow == pytest.approx(0.25) and a.local_steps == 15
+    md = ph.markdown(ph.headline(results, 0.6, ["A", "B"]), 0.6)
+    assert "| A | 3 | 80.0 ± " in md and "(1/2)" in md
+
+
+def test_unknown_experiment_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="^experiment: 'nope'"):
+        ph.run_configs(SPEC, "nope")
