@@ -22,7 +22,13 @@ import time
 
 import torch
 
-from qafl_core.bench_workloads import _synced, cnn_dataset, engine_pair, intra_op_threads, mlp_dataset
+from qafl_core.bench_workloads import (
+    _synced,
+    cnn_dataset,
+    engine_pair,
+    intra_op_threads,
+    mlp_dataset,
+)
 from qafl_core.config import RunConfig
 from qafl_core.device import configure
 from qafl_core.local import NeuralTask

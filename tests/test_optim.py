@@ -14,7 +14,6 @@ from qafl_core.bench_workloads import random_dataset
 from qafl_core.config import RunConfig
 from qafl_core.local import ClientBatcher, NeuralTask
 from qafl_core.models import build_model
-from qafl_core.optim import ClientOptimizers
 from qafl_core.rng import torch_generator
 from qafl_core.runner import build_simulation, run
 

@@ -81,10 +81,8 @@ class FedAsync(AsyncSimulation):
         up = self.encode(self.clients[i], "up", i)
         mix(self.server, self.decode(up, self.server, "client->server"), self.alpha_t(arrival.staleness))
         self.record_contact(i, self.cfg.local_steps)
-        self.bits_up += up.bits
 
     def download(self, client: int) -> None:
         down = self.encode(self.server, "down")
         row = self.clients[client]
         row.copy_(self.decode(down, row, "server->client"))
-        self.bits_down += down.bits

@@ -48,8 +48,6 @@ class FedAvg(Simulation):
         up = self.encode(torch.sub(start, row, out=self._delta), "up", i)   # consumed below, then reused
         acc.add_(self.decode(up, self.zeros, "client->server"))
         self.record_contact(i, self.cfg.local_steps)
-        self.bits_up += up.bits
-        self.bits_down += down.bits
         return self.clocks.draw_sum(i, self.cfg.local_steps)
 
     def _step_batched(self, contacted: list[int], down, acc: torch.Tensor, lr: float) -> None:
