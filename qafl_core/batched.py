@@ -66,17 +66,18 @@ def _batch_indices(task, clients: list[int]) -> tuple[torch.Tensor, int, torch.T
 
     Returns ``(index (m*B,), B, mask (m, B) or None when no batch is short, sizes (m,))``.
     """
-    idx = [task.batcher.next(c) + task.offsets[c] for c in clients]
+    idx = [task.batcher.next(c) + task.offsets[c] for c in clients]   # drawn on the CPU, then moved
+    dev = task.device
     sizes = [len(i) for i in idx]
     b = max(sizes)
     if min(sizes) == b:
-        return torch.cat(idx), b, None, torch.tensor(sizes, dtype=torch.float32)
+        return torch.cat(idx).to(dev), b, None, torch.tensor(sizes, dtype=torch.float32).to(dev)
     mask = torch.zeros(len(idx), b)
     padded = []
     for j, i in enumerate(idx):
         mask[j, :len(i)] = 1.0
         padded.append(torch.cat([i, i[:1].expand(b - len(i))]))   # any valid sample; masked out of the loss
-    return torch.cat(padded), b, mask, torch.tensor(sizes, dtype=torch.float32)
+    return torch.cat(padded).to(dev), b, mask.to(dev), torch.tensor(sizes, dtype=torch.float32).to(dev)
 
 
 def local_sgd_many(task, rows: list[torch.Tensor], clients: list[int], num_steps: list[int],
@@ -100,6 +101,10 @@ def local_sgd_many(task, rows: list[torch.Tensor], clients: list[int], num_steps
     if forward is None:
         raise ValueError(f"batched_clients: model {type(task.module).__name__} has no batched local SGD "
                          f"(supported: {', '.join(sorted(t.__name__ for t in BATCHED_FORWARDS))})")
+    if getattr(task, "optimizers", None) is not None:
+        raise ValueError(f"batched_clients: batched local steps are plain SGD only (optimizer: "
+                         f"{task.optimizers.name}, momentum {task.optimizers.momentum}, weight_decay "
+                         f"{task.optimizers.weight_decay})")
     if not len(rows) == len(clients) == len(num_steps) == len(lrs):
         raise ValueError(f"local_sgd_many: rows, clients, num_steps and lrs differ in length "
                          f"({len(rows)}, {len(clients)}, {len(num_steps)}, {len(lrs)})")
@@ -107,16 +112,16 @@ def local_sgd_many(task, rows: list[torch.Tensor], clients: list[int], num_steps
     if not live:
         return
     work = torch.stack([rows[j] for j in live])                  # (m, d): clients with most steps first
-    neg_lr = torch.tensor([-lrs[j] for j in live], dtype=work.dtype).unsqueeze(1)
+    neg_lr = torch.tensor([-lrs[j] for j in live], dtype=work.dtype).unsqueeze(1).to(work.device)
     steps = [num_steps[j] for j in live]
     ids = [clients[j] for j in live]
-    ds, entries = task.dataset, task.flat.entries
+    entries = task.flat.entries
     task.module.train()
     for t in range(steps[0]):
         m = sum(1 for k in steps if k > t)                       # the active clients are a prefix
         index, b, mask, sizes = _batch_indices(task, ids[:m])
-        x = _as_float(ds.x_train.index_select(0, index)).reshape(m, b, -1)   # index_select: 3x faster than [index]
-        y = ds.y_train.index_select(0, index)
+        x = _as_float(task.x_train.index_select(0, index)).reshape(m, b, -1)   # index_select: 3x faster than [index]
+        y = task.y_train.index_select(0, index)
         views = [work[:m, e.start:e.start + e.numel].view(m, *e.shape) for e in entries]   # (m, *shape) each
         leaves = [v.detach().requires_grad_(True) for v in views]
         out = forward(task.module, {e.name: t for e, t in zip(entries, leaves)}, x)

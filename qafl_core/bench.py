@@ -39,6 +39,8 @@ runs are timed in this process's CPU time (on a shared 2-core machine, wall-cloc
   default ``sit`` = 10, the note adds ``sit`` = 1 and the local SGD steps each run made.
 * ``peak_rss_300_clients_gb`` -- peak resident memory (``ru_maxrss`` of a child process, via ``os.wait4``)
   of a QuAFL run (lattice, b = 10) with 300 FEMNIST-CNN clients: evaluation, a few rounds, evaluation.
+* ``batched_vs_sequential``, ``engine_vs_bare_cuda``, ``batched_vs_sequential_cuda`` -- batched vs sequential local
+  SGD, and the engine on a GPU (:mod:`qafl_core.bench_device`; the GPU lines print ``skipped: no GPU`` without one).
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ from typing import Any
 
 import torch
 
+from qafl_core import bench_device
 from qafl_core.bench_quantize import (
     lattice_vs_copy,
     quafl_round_vs_sgd,
@@ -69,7 +72,8 @@ from qafl_core.bench_workloads import (
 )
 
 NAMES = ("engine_vs_bare_cnn", "engine_vs_bare_mlp", "batched_vs_bare_mlp", "flower_vs_engine", "quantizer_gbps",
-         "lattice_vs_copy", "quafl_lattice_round_vs_sgd", "peak_rss_300_clients_gb", "fedbuff_concurrency")
+         "lattice_vs_copy", "quafl_lattice_round_vs_sgd", "peak_rss_300_clients_gb", "fedbuff_concurrency",
+         "batched_vs_sequential", "engine_vs_bare_cuda", "batched_vs_sequential_cuda")
 FLOWER_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "flower_compare.py"
 
 
@@ -279,7 +283,9 @@ RUNNERS = {"engine_vs_bare_cnn": bench_cnn, "engine_vs_bare_mlp": bench_mlp,
            "batched_vs_bare_mlp": lambda size: bench_mlp(size, batched=True), "flower_vs_engine": bench_flower,
            "quantizer_gbps": bench_quantizers, "lattice_vs_copy": bench_lattice_vs_copy,
            "quafl_lattice_round_vs_sgd": bench_quafl_round, "peak_rss_300_clients_gb": bench_rss,
-           "fedbuff_concurrency": bench_fedbuff_concurrency}
+           "fedbuff_concurrency": bench_fedbuff_concurrency, "batched_vs_sequential": bench_device.bench_batched_cpu,
+           "engine_vs_bare_cuda": bench_device.bench_engine_cuda,
+           "batched_vs_sequential_cuda": bench_device.bench_batched_cuda}
 
 
 # ---------------------------------------------------------------------- output
@@ -307,6 +313,8 @@ def run_bench(names: list[str], size: str, log=None) -> list[Line]:
     for name in names:
         t = time.perf_counter()
         line = RUNNERS[name](size)
+        if isinstance(line, dict):      # qafl_core.bench_device returns a line's fields but its name
+            line = Line(name, **line)
         line.detail["wall_s"] = round(time.perf_counter() - t, 1)
         if log is not None:
             log(f"[{line.detail['wall_s']:.0f} s] {format_table([line]).splitlines()[1]}")

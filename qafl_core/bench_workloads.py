@@ -1,6 +1,6 @@
 """The workloads behind ``qafl bench`` (:mod:`qafl_core.bench`): data, the bare torch loop, the interleaved
-engine-vs-bare timing, and the peak-memory child run (``python -m qafl_core.bench_workloads rss CLIENTS ROUNDS
-MODEL``). The quantizer workloads are in :mod:`qafl_core.bench_quantize`.
+engine-vs-bare timing (on the CPU or a GPU), and the peak-memory child run (``python -m qafl_core.bench_workloads
+rss CLIENTS ROUNDS MODEL``). The quantizer workloads are in :mod:`qafl_core.bench_quantize`.
 """
 from __future__ import annotations
 
@@ -89,13 +89,16 @@ class BareLoop:
     """What a hand-written simulation's inner loop does: one ``nn.Module``, ``torch.optim.SGD``,
     ``loss.backward()``, batches sliced from pre-loaded tensors. No averaging, no messages."""
 
-    def __init__(self, ds: FederatedDataset, model: str, batch: int, lr: float = LR, seed: int = 0):
+    def __init__(self, ds: FederatedDataset, model: str, batch: int, lr: float = LR, seed: int = 0,
+                 device: torch.device | str = "cpu"):
         from qafl_core.models import build_model, set_dropout_generator
 
-        self.net = build_model(model, ds.input_shape, ds.num_classes, generator=torch_generator(seed, "bare_init"))
-        set_dropout_generator(self.net, torch_generator(seed, "bare_dropout"))
+        self.net = build_model(model, ds.input_shape, ds.num_classes,
+                               generator=torch_generator(seed, "bare_init")).to(device)
+        set_dropout_generator(self.net, torch_generator(seed, "bare_dropout", device=device))
         self.opt = torch.optim.SGD(self.net.parameters(), lr=lr)
-        self.x, self.y, self.off = ds.x_train, ds.y_train, ds.train_offsets.tolist()
+        self.x, self.y, self.off = ds.x_train.to(device), ds.y_train.to(device), ds.train_offsets.tolist()
+        self.device = torch.device(device)
         self.gen = torch_generator(seed, "bare_batches")
         self.batch = batch
 
@@ -105,7 +108,7 @@ class BareLoop:
         t = clock()
         self.net.train()
         for c, size in steps:
-            idx = torch.randint(self.off[c], self.off[c + 1], (size,), generator=self.gen)
+            idx = torch.randint(self.off[c], self.off[c + 1], (size,), generator=self.gen).to(self.device)
             self.opt.zero_grad()
             F.cross_entropy(self.net(self.x[idx]), self.y[idx]).backward()
             self.opt.step()
@@ -118,23 +121,26 @@ class BareLoop:
 
 # ---------------------------------------------------------------------- engine vs bare
 def engine_pair(ds: FederatedDataset, model: str, s: int, k: int, batch: int, rounds: int, reps: int,
-                batched: bool = False, algorithm: str = "quafl", threads: int | None = None) -> dict:
+                batched: bool = False, algorithm: str = "quafl", threads: int | None = None,
+                device: str = "cpu") -> dict:
     """Per-step time of the engine (``rounds`` server steps) over that of :class:`BareLoop` replaying exactly
     the engine's steps (client and batch size of each: epochs end with a short batch) right after it, for
     ``reps`` pairs; the median ratio. ``threads``: intra-op threads of both sides (None: the runner's rule,
     one below 200k coordinates, else torch's default). On one thread the clock is this process's CPU time,
     which other processes on a shared machine barely disturb (wall-clock pairs swung by +-30 % there); with
-    more threads it is wall-clock time (CPU time would count the workers' spinning)."""
+    more threads it is wall-clock time (CPU time would count the workers' spinning). On a GPU (``device``) both
+    sides run there, timed in wall-clock time after ``torch.cuda.synchronize()``."""
     from qafl_core.config import RunConfig
     from qafl_core.local import NeuralTask
     from qafl_core.runner import build_simulation
 
     cfg = RunConfig(dataset=ds.name, algorithm=algorithm, clients_per_round=s, local_steps=k, batch_size=batch, lr=LR,
                     time_limit=1e12, progress=False)
-    task = NeuralTask(ds, model, 0, batch)
+    task = NeuralTask(ds, model, 0, batch, device=device)
     if batched:
         task.batched = True
     sim = build_simulation(cfg, task)
+    cuda = task.device.type == "cuda"
     steps: list[tuple[int, int]] = []                     # (client, batch size) of every local step, in order
     draw = task.batcher.next
 
@@ -144,10 +150,12 @@ def engine_pair(ds: FederatedDataset, model: str, s: int, k: int, batch: int, ro
         return idx
 
     task.batcher.next = recorded_next
-    bare = BareLoop(ds, model, batch)
+    bare = BareLoop(ds, model, batch, device=task.device)
     if threads is None:
         threads = 1 if task.dim < 200_000 else torch.get_num_threads()
-    clock = time.process_time if threads == 1 else time.perf_counter
+    clock = time.process_time if threads == 1 and not cuda else time.perf_counter
+    if cuda:
+        clock = _synced(clock)
     ratios, eng_ms, bare_ms, total, faults = [], [], [], 0, []
     with intra_op_threads(threads):
         for _ in range(math.ceil(ds.num_clients / s)):   # warm-up: QuAFL's first contacts take no steps
@@ -174,8 +182,16 @@ def engine_pair(ds: FederatedDataset, model: str, s: int, k: int, batch: int, ro
         raise RuntimeError("engine_pair: the bare loop diverged (non-finite weights); timings would be skewed")
     return {"ratio": statistics.median(ratios), "engine_ms": statistics.median(eng_ms),
             "bare_ms": statistics.median(bare_ms), "ratios": [round(x, 3) for x in ratios], "steps": total,
-            "reps": len(ratios), "threads": threads, "clock": "cpu" if threads == 1 else "wall", "dim": task.dim,
+            "reps": len(ratios), "threads": threads, "clock": "wall" if cuda or threads > 1 else "cpu", "dim": task.dim,
             "num_clients": ds.num_clients, "page_faults_engine_bare": faults}
+
+
+def _synced(clock):
+    """``clock`` read after the GPU has finished everything queued (its kernels run asynchronously)."""
+    def read() -> float:
+        torch.cuda.synchronize()
+        return clock()
+    return read
 
 
 def _minor_faults() -> int:

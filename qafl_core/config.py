@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from qafl_core.device import check_device, identity_device
+
 ALGORITHMS = ("quafl", "fedavg", "fedbuff", "fedasync", "qafel")
 QUANTIZERS = ("identity", "lattice", "qsgd", "dithered_lattice", "topk", "qsgd_norm")
 DATASETS = ("synthetic", "femnist", "shakespeare", "celeba", "fmnist", "mnist", "cifar10", "quadratic")
@@ -34,7 +36,7 @@ PARTITIONS = ("natural", "iid", "dirichlet")
 VISION_DATASETS = ("fmnist", "mnist", "cifar10")
 STALENESS = ("none", "sqrt", "poly")
 DECODE_KEYS = ("current", "base")
-OPTIMIZERS = ("sgd",)
+OPTIMIZERS = ("sgd", "adam")
 FEDASYNC_STALENESS = ("constant", "poly", "hinge")
 QAFEL_VARIANTS = ("qafel", "naive")
 QAFEL_ORDERS = ("step_then_dispatch", "dispatch_then_step")
@@ -71,6 +73,8 @@ class RunConfig:
     batch_size: int = 32
     optimizer: str = "sgd"
     lr_decay: bool = False                # paper code's optional step decay: x0.5 at 60 %, x0.1 at 80 % of time_limit
+    momentum: float = 0.0                 # optimizer: sgd: torch.optim.SGD momentum, kept per client across contacts
+    weight_decay: float = 0.0             # L2 penalty of the clients' optimizer (torch's convention)
     # communication
     quantizer: str = "identity"
     bits: int = 32
@@ -124,6 +128,7 @@ class RunConfig:
     eval_workers: int = 1
     num_threads: int | None = None        # torch intra-op threads; None -> 1 for small models (< 200k coords), else torch's default
     batched_clients: bool = False         # suite extension: contacted clients' local SGD batched together (MLP/LogReg only)
+    device: str = "cpu"                   # cpu | cuda | cuda:N | auto (cuda if available); qafl_core/device.py
 
     def __post_init__(self) -> None:
         _check_choice("algorithm", self.algorithm, ALGORITHMS)
@@ -138,6 +143,7 @@ class RunConfig:
         _check_choice("qafel_order", self.qafel_order, QAFEL_ORDERS)
         self._check_speed_correction()
         _check_int("seed", self.seed, lo=0)
+        check_device(self.device)
         self._check_heterogeneity()
         if self.num_clients is not None:
             _check_int("num_clients", self.num_clients, lo=1)
@@ -161,6 +167,7 @@ class RunConfig:
         if self.slow_fraction > 1:
             raise ValueError(f"slow_fraction: must be in [0, 1], got {self.slow_fraction}")
         _check_float("staleness_exponent", self.staleness_exponent, positive=False)
+        self._check_optimizer()
         if self.buffer_size is not None:
             _check_int("buffer_size", self.buffer_size, lo=1)
             if self.num_clients is not None and self.buffer_size > self.num_clients:
@@ -254,6 +261,25 @@ class RunConfig:
         elif self.timing_trace is not None:
             raise ValueError(f"timing_trace: only used with timing: trace (timing is {self.timing})")
 
+    def _check_optimizer(self) -> None:
+        """The clients' optimizer keys (qafl_core.optim): each with what it applies to."""
+        for name in ("momentum", "weight_decay"):
+            _check_float(name, getattr(self, name), positive=False)
+        if self.momentum >= 1:
+            raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.optimizer != "sgd" and self.momentum != 0:
+            raise ValueError(f"momentum: only used with optimizer: sgd (Adam uses torch's default betas); "
+                             f"optimizer is {self.optimizer}")
+        if self.optimizer == "sgd" and self.momentum == 0 and self.weight_decay == 0:
+            return
+        what = f"optimizer: {self.optimizer}" + (f" with momentum {self.momentum}" if self.momentum else "") + (
+            f" with weight_decay {self.weight_decay}" if self.weight_decay else "")
+        if self.dataset == "quadratic":
+            raise ValueError(f"optimizer: the quadratic problem trains with plain SGD (its conservation check "
+                             f"assumes it); got {what}")
+        if self.batched_clients:
+            raise ValueError(f"batched_clients: batched local steps are plain SGD only; got {what}")
+
     def _check_can_finish(self) -> None:
         """Refuse configs whose simulated clock never advances."""
         if (self.algorithm == "quafl" and self.sit == 0 and self.swt == 0 and self.max_server_steps is None):
@@ -319,7 +345,8 @@ class RunConfig:
         floats, so ``lr=1`` and ``lr=1.0`` are one config)."""
         defaults = _defaults()
         d = {}
-        for k, v in self.to_dict().items():
+        # the kind of device, not its spelling: auto on a machine without a GPU is cpu (today's hashes), any GPU is cuda
+        for k, v in {**self.to_dict(), "device": identity_device(self.device)}.items():
             if k in _NON_RESULT_KEYS or v == defaults[k]:
                 continue
             if isinstance(v, int) and not isinstance(v, bool) and isinstance(defaults[k], float):

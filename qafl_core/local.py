@@ -88,58 +88,81 @@ class NeuralTask:
         batch_size: local mini-batch size.
         eval_max_samples: evaluate on a fixed seeded subset of the pooled test set (None: all of it).
         eval_batch_size: evaluation batch size (no effect on results).
+        optimizer: the clients' optimizer, ``sgd`` or ``adam`` (:mod:`qafl_core.optim`).
+        momentum: SGD momentum.
+        weight_decay: L2 penalty of either optimizer.
+        device: where the data, the model and the training and evaluation run (:mod:`qafl_core.device`); the
+            model is initialised on the CPU and moved, so it starts from the same weights on every device, and
+            mini-batch indices are drawn on the CPU, so a client trains on the same batches on every device.
     """
 
     def __init__(self, dataset: FederatedDataset, model_name: str, seed: int, batch_size: int,
-                 eval_max_samples: int | None = None, eval_batch_size: int = 1024):
+                 eval_max_samples: int | None = None, eval_batch_size: int = 1024, optimizer: str = "sgd",
+                 momentum: float = 0.0, weight_decay: float = 0.0, device: torch.device | str = "cpu"):
         from qafl_core.models import build_model, set_dropout_generator
+        from qafl_core.optim import ClientOptimizers, is_plain_sgd
 
         self.dataset = dataset
         self.num_clients = dataset.num_clients
+        self.device = torch.device(device)
         self.module = build_model(model_name, dataset.input_shape, dataset.num_classes,
-                                  generator=torch_generator(seed, "model_init"))
+                                  generator=torch_generator(seed, "model_init")).to(self.device)
         self.flat = FlatModel(self.module)
         self.dim = self.flat.dim
         self.segments = self.flat.segments
         self.batcher = ClientBatcher(dataset.train_counts(), batch_size, seed)
         self.offsets = [int(o) for o in dataset.train_offsets]
-        self._dropout_gen = torch_generator(seed, "dropout")
+        # the training data where the model is (on the CPU: the dataset's own tensors, no copy)
+        self.x_train, self.y_train = dataset.x_train.to(self.device), dataset.y_train.to(self.device)
+        self._dropout_gen = torch_generator(seed, "dropout", device=self.device)
         set_dropout_generator(self.module, self._dropout_gen)
         n_test = len(dataset.y_test)
         if n_test == 0:
             raise ValueError(f"{dataset.name}: the dataset has no test samples to evaluate on")
         if eval_max_samples is not None and eval_max_samples < n_test:
             idx = torch.randperm(n_test, generator=torch_generator(seed, "eval_subset"))[:eval_max_samples]
-            self.eval_x, self.eval_y = dataset.x_test[idx], dataset.y_test[idx]
+            self.eval_x, self.eval_y = dataset.x_test[idx].to(self.device), dataset.y_test[idx].to(self.device)
             self._eval_client = self._eval_counts = None          # no per-client metrics on a subset
         else:
-            self.eval_x, self.eval_y = dataset.x_test, dataset.y_test
+            self.eval_x, self.eval_y = dataset.x_test.to(self.device), dataset.y_test.to(self.device)
             counts = dataset.test_counts()
             self._eval_client = torch.repeat_interleave(torch.arange(len(counts)), counts)   # (n_test,) owner
             self._eval_counts = counts.double()
         self.eval_batch_size = eval_batch_size
         #: train the contacted clients together with :meth:`local_sgd_many` (QuAFL, FedAvg; small models)
         self.batched = False
+        #: each client's persistent optimizer state; None for plain SGD (stateless: the fused update below)
+        self.optimizers = (None if is_plain_sgd(optimizer, momentum, weight_decay)
+                           else ClientOptimizers(optimizer, momentum, weight_decay))
 
     def init_vector(self) -> torch.Tensor:
-        return self.flat.vector_from_module()
+        return self.flat.vector_from_module().to(self.device)
 
     def local_sgd(self, row: torch.Tensor, client: int, num_steps: int, lr: float) -> None:
-        """``num_steps`` SGD steps of ``client`` on its flat vector ``row``, updated in place."""
+        """``num_steps`` optimizer steps of ``client`` on its flat vector ``row``, updated in place.
+
+        Plain SGD by default; with :attr:`optimizers` the client's own ``torch.optim`` state (momentum, Adam
+        moments) carries over from its previous contacts."""
         if num_steps <= 0:
             return
         params, state = self.flat.leaf_views(row)
         self.module.train()
         base = self.offsets[client]
-        ds = self.dataset
+        opt = self.optimizers.bind(client, params, lr) if self.optimizers is not None else None
         with self.flat.bind(state) as module:   # the module computes on row's views for all the steps
             for _ in range(num_steps):
-                idx = self.batcher.next(client) + base   # index_select: a third of the time of x[idx]
-                loss = F.cross_entropy(module(ds.x_train.index_select(0, idx)), ds.y_train.index_select(0, idx))
+                idx = (self.batcher.next(client) + base).to(self.device)   # drawn on the CPU (class docstring)
+                # index_select: a third of the time of x[idx]
+                loss = F.cross_entropy(module(self.x_train.index_select(0, idx)), self.y_train.index_select(0, idx))
                 value = loss.item()
                 if not math.isfinite(value):
                     raise Diverged(f"client {client}: training loss became {value}")
                 grads = torch.autograd.grad(loss, params)
+                if opt is not None:
+                    for p, g in zip(params, grads):
+                        p.grad = g
+                    opt.step()
+                    continue
                 with torch.no_grad():
                     torch._foreach_add_(params, grads, alpha=-lr)
 
@@ -155,10 +178,11 @@ class NeuralTask:
 
     @property
     def supports_batched(self) -> bool:
-        """Whether :meth:`local_sgd_many` supports this model (no dropout, no BatchNorm: ``mlp``, ``logreg``)."""
+        """Whether :meth:`local_sgd_many` supports this model (no dropout, no BatchNorm: ``mlp``, ``logreg``)
+        and optimizer (plain SGD only)."""
         from qafl_core.batched import supports_batched
 
-        return supports_batched(self.module)
+        return self.optimizers is None and supports_batched(self.module)
 
     @torch.no_grad()
     def evaluate(self, vec: torch.Tensor) -> dict[str, float]:
@@ -179,6 +203,7 @@ class NeuralTask:
         self.module.eval()
         state = self.flat.views(vec)
         n = len(self.eval_y)
+        # per-sample results are gathered on the CPU (exact float64 sums there, on every device)
         correct = torch.empty(n, dtype=torch.float64)
         losses = torch.empty(n, dtype=torch.float64)
         for a in range(0, n, self.eval_batch_size):
@@ -201,8 +226,15 @@ class NeuralTask:
         return pooled, clients
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batcher": self.batcher.state_dict(), "dropout": self._dropout_gen.get_state()}
+        state = {"batcher": self.batcher.state_dict(), "dropout": self._dropout_gen.get_state()}
+        if self.optimizers is not None:
+            state["optimizers"] = self.optimizers.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batcher.load_state_dict(state["batcher"])
         self._dropout_gen.set_state(state["dropout"])
+        if self.optimizers is not None:
+            if "optimizers" not in state:
+                raise ValueError("optimizer: the checkpoint holds no optimizer state for this run")
+            self.optimizers.load_state_dict(state["optimizers"], self.device)

@@ -19,9 +19,10 @@ def derive_seed(root_seed: int, *names: object) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def torch_generator(root_seed: int, *names: object) -> torch.Generator:
-    """A CPU ``torch.Generator`` for the named stream."""
-    g = torch.Generator()
+def torch_generator(root_seed: int, *names: object, device: torch.device | str | None = None) -> torch.Generator:
+    """A ``torch.Generator`` for the named stream, on the CPU unless ``device`` says otherwise (a CUDA generator
+    draws other numbers from the same seed: qafl_core/device.py)."""
+    g = torch.Generator() if device is None or torch.device(device).type == "cpu" else torch.Generator(device=device)
     g.manual_seed(derive_seed(root_seed, *names))
     return g
 

@@ -130,6 +130,11 @@ def model_name(cfg: RunConfig) -> str:
 
 
 def build_task(cfg: RunConfig):
+    """The learning problem of ``cfg`` on its device (``cfg.device``; a clear error when that is unavailable)."""
+    from qafl_core.device import configure, resolve_device
+
+    device = resolve_device(cfg.device)
+    configure(device)
     if cfg.dataset == "quadratic":
         from qafl_core.theory import QuadraticTask
 
@@ -144,11 +149,12 @@ def build_task(cfg: RunConfig):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"dataset_options.{key}: expected a number, got {value!r}")
         check_memory(cfg, cfg.num_clients, int(opts.get("dim", 20)))  # refuse before the centres are allocated
-        return QuadraticTask(num_clients=cfg.num_clients, seed=cfg.seed, **opts)
+        return QuadraticTask(num_clients=cfg.num_clients, seed=cfg.seed, device=device, **opts)
     from qafl_core.local import NeuralTask
 
     ds = build_dataset(cfg)
-    return NeuralTask(ds, model_name(cfg), cfg.seed, cfg.batch_size, cfg.eval_max_samples, cfg.eval_batch_size)
+    return NeuralTask(ds, model_name(cfg), cfg.seed, cfg.batch_size, cfg.eval_max_samples, cfg.eval_batch_size,
+                      optimizer=cfg.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay, device=device)
 
 
 def build_simulation(cfg: RunConfig, task=None):

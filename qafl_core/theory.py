@@ -34,10 +34,12 @@ class QuadraticTask:
         sigma: gradient-noise standard deviation (total over the d coordinates).
         heterogeneity: G, the root-mean-square distance of the centres c_i from their mean.
         offset: distance of the optimum c_bar from the initial model 0.
+        device: where the centres, the models and the arithmetic live (the centres and the gradient noise are
+            drawn on the CPU, so every device sees the same problem and the same noise).
     """
 
     def __init__(self, num_clients: int, seed: int, dim: int = 20, sigma: float = 1.0,
-                 heterogeneity: float = 1.0, offset: float = 10.0):
+                 heterogeneity: float = 1.0, offset: float = 10.0, device: torch.device | str = "cpu"):
         for name, v in (("dim", dim), ("num_clients", num_clients)):
             if int(v) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {v}")
@@ -53,25 +55,26 @@ class QuadraticTask:
         spread -= spread.mean(0)
         if self.num_clients > 1:
             spread *= heterogeneity / spread.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
-        self.c_bar = direction / direction.norm() * offset
-        self.centres = (self.c_bar + spread).float()                         # (n, d)
+        self.device = torch.device(device)
+        self.c_bar = (direction / direction.norm() * offset).to(self.device)
+        self.centres = (self.c_bar + spread.to(self.device)).float()         # (n, d)
         self.f_star = 0.5 * float(spread.pow(2).sum(1).mean())
         self.G2 = float(spread.pow(2).sum(1).mean())
         self.seed = seed
         self._gens: dict[int, torch.Generator] = {}
-        self.progress_sum = torch.zeros(self.dim, dtype=torch.float64)       # sum of all eta * g applied
+        self.progress_sum = torch.zeros(self.dim, dtype=torch.float64, device=self.device)  # sum of eta * g applied
         self.fast_direction: torch.Tensor | None = None                       # u of bias_fast
 
     def set_slow_clients(self, is_slow) -> None:
         """Which clients are slow (the clocks' ``is_slow``): defines ``bias_fast``'s direction u."""
-        fast = torch.tensor([not s for s in is_slow], dtype=torch.bool)
+        fast = torch.tensor([not s for s in is_slow], dtype=torch.bool, device=self.centres.device)
         if len(fast) != self.num_clients:
             raise ValueError(f"is_slow: {len(fast)} flags for {self.num_clients} clients")
         u = self.centres[fast].double().mean(0) - self.c_bar if fast.any() and not fast.all() else None
         self.fast_direction = u if u is not None and float(u.norm()) > 0 else None
 
     def init_vector(self) -> torch.Tensor:
-        return torch.zeros(self.dim)
+        return torch.zeros(self.dim, device=self.device)
 
     def _gen(self, i: int) -> torch.Generator:
         if i not in self._gens:
@@ -81,7 +84,8 @@ class QuadraticTask:
     def local_sgd(self, row: torch.Tensor, client: int, num_steps: int, lr: float) -> None:
         noise_scale = self.sigma / math.sqrt(self.dim)
         for _ in range(num_steps):
-            g = row - self.centres[client] + noise_scale * torch.randn(self.dim, generator=self._gen(client))
+            noise = torch.randn(self.dim, generator=self._gen(client)).to(self.device)
+            g = row - self.centres[client] + noise_scale * noise
             self.progress_sum += lr * g.double()
             row.sub_(g, alpha=lr)
 
@@ -116,4 +120,4 @@ class QuadraticTask:
         for i, s in state["gens"].items():
             self._gens[int(i)] = torch.Generator()
             self._gens[int(i)].set_state(s)
-        self.progress_sum = state["progress_sum"].clone()
+        self.progress_sum = state["progress_sum"].to(self.device, copy=True)

@@ -191,6 +191,35 @@ def test_batched_clients_config_key_turns_batching_on_and_is_validated():
         RunConfig(batched_clients="yes")
 
 
+def test_batched_vs_sequential_and_gpu_lines_run(capsys, monkeypatch):
+    """The CPU batched line measures every model the batched path supports; the GPU lines say plainly that they
+    were skipped without CUDA (as here), never a number."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = main(["bench", "--tiny", "--json", "--only",
+               "batched_vs_sequential,engine_vs_bare_cuda,batched_vs_sequential_cuda"])
+    obj = json.loads(capsys.readouterr().out)
+    assert rc == 0                                          # reported or skipped lines never fail the command
+    cpu = obj["batched_vs_sequential"]
+    assert set(cpu["value"]) == {"mlp", "logreg"} and all(v > 0 for v in cpu["value"].values())
+    assert cpu["passed"] is None and cpu["target"] == "reported"
+    for model in ("mlp", "logreg"):                         # both sides made the same contacts and steps
+        steps = cpu["detail"][model]["local_steps"]
+        assert steps[0] == steps[1] > 0
+    for name, target in (("engine_vs_bare_cuda", "<= 1.10"), ("batched_vs_sequential_cuda", ">= 5")):
+        line = obj[name]
+        assert line["value"] is None and line["passed"] is None and line["note"] == "skipped: no GPU"
+        assert line["target"] == target
+
+
+def test_engine_pair_and_bare_loop_accept_a_device():
+    from qafl_core.bench_workloads import BareLoop, engine_pair
+
+    ds = random_dataset("mnist", 4, 20, (1, 28, 28), 10)
+    res = engine_pair(ds, "mlp", 2, 2, 8, 1, 1, device="cpu")
+    assert res["ratio"] > 0 and res["clock"] == "cpu" and res["steps"] > 0
+    assert BareLoop(ds, "mlp", 8, device="cpu").x.device == torch.device("cpu")
+
+
 def test_quafl_round_line_is_skipped_when_femnist_is_missing(monkeypatch, tmp_path):
     monkeypatch.setenv("QAFL_DATA_DIR", str(tmp_path))           # set, but holds no FEMNIST
     line = bench.bench_quafl_round("quick")

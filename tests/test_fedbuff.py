@@ -58,8 +58,7 @@ class PreConcurrencyFedBuff(Simulation):
     def _restart(self, i):
         down = self._down_message()
         row = self.clients[i]
-        row.copy_(self.decode(down, row, "server->client"))
-        self.bits_down += down.bits
+        row.copy_(self.decode(down, row, "server->client"))      # the channel counts its bits
         self.start_step[i] = self.server_steps
         heapq.heappush(self.queue, (self.time + self.clocks.draw_sum(i, self.cfg.local_steps), i))
 
@@ -75,7 +74,6 @@ class PreConcurrencyFedBuff(Simulation):
             up = self.encode(start.sub_(row), "up", i)
             acc.add_(self.decode(up, self.zeros, "client->server"), alpha=self.weight(self.server_steps - self.start_step[i]))
             self.record_contact(i, cfg.local_steps)
-            self.bits_up += up.bits
             if j < z - 1:
                 self._restart(i)
         self.apply_server_delta(acc.div_(z), cfg.server_lr)

@@ -144,8 +144,8 @@ def test_hidden_state_is_the_sum_of_the_broadcasts(kw):
     qs = []
     real = sim.decode
 
-    def decode(msg, key, direction, quantizer=None):
-        out = real(msg, key, direction, quantizer=quantizer)
+    def decode(msg, key, direction, quantizer=None, **kw):
+        out = real(msg, key, direction, quantizer=quantizer, **kw)
         if direction == "server->clients":
             qs.append(out.clone().double())
         return out

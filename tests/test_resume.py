@@ -53,6 +53,14 @@ EVERY_CASES = {
                         "sit=1", "time_limit=150", "eval_every=20", "batch_size=4", "dataset_options={num_tasks: 30}"],
     "fedbuff-synthetic": ["algorithm=fedbuff", "dataset=synthetic", "clients_per_round=4", "sit=1",
                           "time_limit=150", "eval_every=20", "batch_size=4", "dataset_options={num_tasks: 30}"],
+    # per-client optimizer state (Adam moments and step counts, SGD momentum buffers) is checkpointed too
+    "quafl-synthetic-adam": ["algorithm=quafl", "dataset=synthetic", "clients_per_round=4", "optimizer=adam",
+                             "weight_decay=0.01", "lr=0.001", "sit=1", "time_limit=150", "eval_every=20",
+                             "batch_size=4", "dataset_options={num_tasks: 30}"],
+    "fedavg-synthetic-momentum": ["algorithm=fedavg", "dataset=synthetic", "clients_per_round=4", "optimizer=sgd",
+                                  "momentum=0.9", "fast_mean=0.5", "slow_mean=1", "sit=1", "time_limit=150",
+                                  "eval_every=20", "batch_size=4",
+                                  "dataset_options={num_tasks: 30}"],
 }
 
 

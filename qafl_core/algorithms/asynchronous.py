@@ -169,7 +169,7 @@ class AsyncSimulation(Simulation):
         rows = [self.clients[a.client] for a in wave]
         if self.batched:
             if self._starts is None or len(self._starts) < len(wave):
-                self._starts = torch.empty(self.arrivals_per_step, self.task.dim)
+                self._starts = torch.empty(self.arrivals_per_step, self.task.dim, device=self.device)
             starts = [s.copy_(r) for s, r in zip(self._starts, rows)]
             self.train(rows, wave, starts)
             for a, s in zip(wave, starts):

@@ -9,18 +9,16 @@ per-client mini-batches and one generator per quantized message.
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any, Callable
 
 import torch
 
+from qafl_core.channel import Channel
 from qafl_core.config import RunConfig
 from qafl_core.local import Task
 from qafl_core.quantize import IdentityQuantizer
 from qafl_core.rng import torch_generator
 from qafl_core.timing import ClientClocks
-
-log = logging.getLogger("qafl")
 
 
 def vector_ops_on_one_thread(step: Callable) -> Callable:
@@ -63,15 +61,15 @@ class Simulation:
         self.n = task.num_clients
         if cfg.clients_per_round > self.n:
             raise ValueError(f"clients_per_round: s = {cfg.clients_per_round} exceeds the {self.n} clients of the dataset")
-        self.server = task.init_vector().clone()
+        #: where every model vector of the run lives (the task's device; qafl_core/device.py)
+        self.device = getattr(task, "device", torch.device("cpu"))
+        self.server = task.init_vector().to(self.device).clone()
         self.num_params = getattr(task, "num_params", task.dim)
         self.time = 0.0
         self.server_steps = 0
         self.local_steps = 0
-        self.bits_up = 0
-        self.bits_down = 0
-        self.decode_failures = 0
-        self.failed_messages = 0
+        #: every send goes through here: encoding, decoding, bits up and down, decode failures
+        self.channel = Channel(quantizer, cfg.seed, self.device, self.name)
         self.contacts = {"slow": 0, "fast": 0}
         self.zero_step_contacts = {"slow": 0, "fast": 0}
         self.steps_by_class = {"slow": 0, "fast": 0}
@@ -107,29 +105,32 @@ class Simulation:
         return 0.1 if frac >= 0.8 else 0.5 if frac >= 0.6 else 1.0
 
     def encode(self, x: torch.Tensor, *msg_id: object, quantizer=None):
-        """Encode ``x`` with the run's quantizer (or ``quantizer``), from the message's own named stream."""
-        q = quantizer if quantizer is not None else self.quantizer
-        return q.encode(x, torch_generator(self.cfg.seed, "quant", self.server_steps, *msg_id))
+        """Encode ``x`` with the run's quantizer (or ``quantizer``), from the message's own named stream
+        (:meth:`qafl_core.channel.Channel.encode`)."""
+        return self.channel.encode(x, self.server_steps, *msg_id,
+                                   quantizer=quantizer if quantizer is not None else self.quantizer)
 
-    def decode(self, msg, key: torch.Tensor | None, direction: str, quantizer=None) -> torch.Tensor:
-        """Decode ``msg`` against the receiver's ``key`` with the run's quantizer (or ``quantizer``), counting
-        wrap-around failures (never silent)."""
-        q = quantizer if quantizer is not None else self.quantizer
-        out = q.decode(msg, key)
-        if out.failures:
-            self.decode_failures += out.failures
-            self.failed_messages += 1
-            if self.failed_messages <= 5 or self.failed_messages % 100 == 0:
-                log.warning("%s: %d coordinate(s) of a %s message fell outside the %s decoding window at t=%.1f "
-                            "(%d failed messages so far)", self.name, out.failures, direction, q.name,
-                            self.time, self.failed_messages)
-        return out.value
+    def decode(self, msg, key: torch.Tensor | None, direction: str, quantizer=None, receivers: int = 1
+               ) -> torch.Tensor:
+        """Deliver ``msg`` to ``receivers`` receivers holding ``key``: its value, with its bits and decode
+        failures counted (:meth:`qafl_core.channel.Channel.decode`)."""
+        return self.channel.decode(msg, key, direction, self.time,
+                                   quantizer=quantizer if quantizer is not None else self.quantizer,
+                                   receivers=receivers)
+
+    # the channel's counters under the names the results table and checkpoints use
+    bits_up = property(lambda self: self.channel.bits_up, lambda self, v: setattr(self.channel, "bits_up", v))
+    bits_down = property(lambda self: self.channel.bits_down, lambda self, v: setattr(self.channel, "bits_down", v))
+    decode_failures = property(lambda self: self.channel.decode_failures,
+                               lambda self, v: setattr(self.channel, "decode_failures", v))
+    failed_messages = property(lambda self: self.channel.failed_messages,
+                               lambda self, v: setattr(self.channel, "failed_messages", v))
 
     @property
     def zeros(self) -> torch.Tensor:
         """Decoding key for deltas: they are decoded against zero, never against a model (docs/choices.md#delta-decoding)."""
         if self._zeros is None:
-            self._zeros = torch.zeros(self.task.dim)
+            self._zeros = torch.zeros(self.task.dim, device=self.device)
         return self._zeros
 
     def local_sgd(self, row: torch.Tensor, client: int, num_steps: int, lr: float) -> None:
@@ -199,7 +200,8 @@ class Simulation:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in self._common_state + self.extra_state:
-            setattr(self, k, state[k])
+            v = state[k]    # checkpoints are read onto the CPU (qafl_core.store.load_tensors): back to the run's device
+            setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
         self.sampler.set_state(state["sampler"])
         self.clocks.load_state_dict(state["clocks"])
         self.task.load_state_dict(state["task"])

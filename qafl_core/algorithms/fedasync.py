@@ -64,7 +64,7 @@ class FedAsync(AsyncSimulation):
         if rho == 0:
             return super().train(rows, arrivals, starts)
         if self._prev is None or len(self._prev) < len(rows):
-            self._prev = torch.empty(len(rows), self.task.dim)
+            self._prev = torch.empty(len(rows), self.task.dim, device=self.device)
         k, clients, lrs = self.cfg.local_steps, [a.client for a in arrivals], [a.lr for a in arrivals]
         for _ in range(k):
             prev = [p.copy_(r) for p, r in zip(self._prev, rows)]
@@ -81,10 +81,8 @@ class FedAsync(AsyncSimulation):
         up = self.encode(self.clients[i], "up", i)
         mix(self.server, self.decode(up, self.server, "client->server"), self.alpha_t(arrival.staleness))
         self.record_contact(i, self.cfg.local_steps)
-        self.bits_up += up.bits
 
     def download(self, client: int) -> None:
         down = self.encode(self.server, "down")
         row = self.clients[client]
         row.copy_(self.decode(down, row, "server->client"))
-        self.bits_down += down.bits

@@ -48,15 +48,13 @@ class FedAvg(Simulation):
         up = self.encode(torch.sub(start, row, out=self._delta), "up", i)   # consumed below, then reused
         acc.add_(self.decode(up, self.zeros, "client->server"))
         self.record_contact(i, self.cfg.local_steps)
-        self.bits_up += up.bits
-        self.bits_down += down.bits
         return self.clocks.draw_sum(i, self.cfg.local_steps)
 
     def _step_batched(self, contacted: list[int], down, acc: torch.Tensor, lr: float) -> None:
         """The same round with the clients' local SGD batched (every client downloads, all train, all upload:
         a client's download, steps and upload touch only its own row, batch stream and message)."""
         if self.clients is None and (self._work_rows is None or len(self._work_rows) < len(contacted)):
-            self._work_rows = torch.empty(len(contacted), self.task.dim)
+            self._work_rows = torch.empty(len(contacted), self.task.dim, device=self.device)
         rows, starts = [], []
         for j, i in enumerate(contacted):
             row = self.clients[i] if self.clients is not None else self._work_rows[j]

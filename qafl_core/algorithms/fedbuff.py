@@ -62,7 +62,6 @@ class FedBuff(AsyncSimulation):
         up = self.encode(start.sub_(self.clients[i]), "up", i)    # consumed here: the buffer is reused
         self._buffer.add_(self.decode(up, self.zeros, "client->server"), alpha=self.weight(arrival.staleness))
         self.record_contact(i, self.cfg.local_steps)
-        self.bits_up += up.bits
 
     def server_update(self) -> None:
         self.apply_server_delta(self._buffer.div_(self.arrivals_per_step), self.cfg.server_lr)
@@ -77,4 +76,3 @@ class FedBuff(AsyncSimulation):
         down = self._down_message()
         row = self.clients[client]
         row.copy_(self.decode(down, row, "server->client"))
-        self.bits_down += down.bits

@@ -67,17 +67,17 @@ class QAFeL(FedBuff):
         """q = Q_s(x - x_hat) to every client, x_hat <- x_hat + q (naive: x_hat <- Q_s(x))."""
         if self.naive:
             msg = self.encode(self.server, "broadcast", quantizer=self.server_quantizer)
-            self.hidden.copy_(self.decode(msg, self.hidden, "server->clients", quantizer=self.server_quantizer))
+            self.hidden.copy_(self.decode(msg, self.hidden, "server->clients", quantizer=self.server_quantizer,
+                                          receivers=self.n))
         else:
             msg = self.encode(torch.sub(self.server, self.hidden, out=self._diff), "broadcast",
                               quantizer=self.server_quantizer)
-            q = self.decode(msg, self.zeros, "server->clients", quantizer=self.server_quantizer)
+            q = self.decode(msg, self.zeros, "server->clients", quantizer=self.server_quantizer, receivers=self.n)
             if self.lossless_broadcast:
                 self.hidden.copy_(self.server)
             else:
                 self.hidden.add_(q)
-        self.broadcast_bits += msg.bits
-        self.bits_down += self.n * msg.bits
+        self.broadcast_bits += msg.bits      # bits_down counted n receivers (the channel)
 
     def sim_metrics(self) -> dict[str, float]:
         out = super().sim_metrics()

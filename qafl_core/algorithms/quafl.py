@@ -99,8 +99,6 @@ class QuAFL(Simulation):
                 y.copy_(q_server)
             if self.base is not None:
                 self.base[i].copy_(y)
-            self.bits_up += up.bits
-            self.bits_down += down.bits
         s = len(contacted)
         if cfg.server_averaging:
             self.server.mul_(p).add_(acc, alpha=(1.0 - p) / s)

@@ -63,7 +63,7 @@ class NormQSGDQuantizer:
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Message:
         _check_vec(x, self.dim, "x")
         g = _need_generator(generator, self.name)
-        return self.encode_with_uniforms(x, torch.rand(x.numel(), generator=g))
+        return self.encode_with_uniforms(x, torch.rand(x.numel(), generator=g, device=g.device))
 
     def encode_with_uniforms(self, x: torch.Tensor, u: torch.Tensor) -> Message:
         """:meth:`encode` with the uniforms ``u`` (one per coordinate) given."""
@@ -72,7 +72,7 @@ class NormQSGDQuantizer:
         d = x.numel()
         size, nb = self._buckets(d)
         v = x.to(torch.float64)
-        sq = torch.zeros(nb * size, dtype=torch.float64)
+        sq = torch.zeros(nb * size, dtype=torch.float64, device=x.device)
         sq[:d] = v * v
         norms = sq.view(nb, size).sum(1).sqrt().to(torch.float32)       # what is sent
         n64 = self._per_coord(norms.to(torch.float64), d, size)

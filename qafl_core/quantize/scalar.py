@@ -50,7 +50,7 @@ class ScalarQuantizer:
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x: scalar needs finite values (got inf or nan)")
         out = x.clone()          # full-precision segments are sent as they are; the others become codes
-        lo, hi = torch.zeros(len(self.segments)), torch.zeros(len(self.segments))
+        lo, hi = torch.zeros(len(self.segments), device=x.device), torch.zeros(len(self.segments), device=x.device)
         a = 0
         for j, (n, fp) in enumerate(zip(self.segments, self.full_precision)):
             seg = out[a:a + n]

@@ -68,6 +68,6 @@ class TopKQuantizer:
         return Message({"indices": idx, "values": x.index_select(0, idx)}, k * (32 + index_bits(d)), d)
 
     def decode(self, msg: Message, key: torch.Tensor | None = None) -> Decoded:
-        out = torch.zeros(msg.numel, dtype=torch.float32)
+        out = torch.zeros(msg.numel, dtype=torch.float32, device=msg.payload["values"].device)
         out.index_copy_(0, msg.payload["indices"], msg.payload["values"])
         return Decoded(out, 0)
