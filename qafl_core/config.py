@@ -24,14 +24,16 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-ALGORITHMS = ("quafl", "fedavg", "fedbuff", "fedasync", "qafel")
-QUANTIZERS = ("identity", "lattice", "qsgd", "dithered_lattice", "topk", "qsgd_norm")
-DATASETS = ("synthetic", "femnist", "shakespeare", "celeba", "fmnist", "mnist", "cifar10", "quadratic")
+from qafl_core.algorithms import ALGORITHMS
+from qafl_core.data.registry import DATASETS
+from qafl_core.quantize import BUILDERS as QUANTIZERS
+
+# Names of algorithms, quantizers and datasets are the keys of their registries (register_algorithm,
+# register_quantizer, register_dataset), read at validation time so that a registered name is valid at once.
 TIMINGS = ("exponential", "uniform", "lognormal", "trace")
 PARTITIONS = ("natural", "iid", "dirichlet")
-VISION_DATASETS = ("fmnist", "mnist", "cifar10")
 STALENESS = ("none", "sqrt", "poly")
 DECODE_KEYS = ("current", "base")
 OPTIMIZERS = ("sgd",)
@@ -204,9 +206,10 @@ class RunConfig:
         """Data partition and client-speed keys: each option only with the choice it belongs to."""
         if self.partition is not None:
             _check_choice("partition", self.partition, PARTITIONS)
-            if self.dataset == "quadratic":
-                raise ValueError("partition: the quadratic problem has no samples to partition")
-            if self.partition == "natural" and self.dataset in VISION_DATASETS:
+            own = DATASETS[self.dataset].get("partition", "natural")
+            if own is None:
+                raise ValueError(f"partition: the {self.dataset} problem has no samples to partition")
+            if self.partition == "natural" and own != "natural":
                 raise ValueError(f"partition: {self.dataset} has no natural client partition; use iid or dirichlet")
         if self.partition == "dirichlet":
             if self.dirichlet_alpha is None:
@@ -311,7 +314,7 @@ def _defaults() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- helpers
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def _check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name}: unknown value {value!r}; expected one of {', '.join(choices)}")
 
