@@ -17,12 +17,12 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from qafl_core import fingerprint, store
+from qafl_core import environment, fingerprint, store
 from qafl_core.config import RunConfig
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl")) / "runs"
+    return environment.cache_dir() / "runs"
 
 
 def cache_entry(ident, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -32,7 +32,7 @@ def cache_entry(ident, cache_dir: str | os.PathLike | None = None) -> Path:
 
 def _cache_wait() -> float | None:
     """How long to wait for a cache entry another process is computing: ``$QAFL_CACHE_WAIT`` s, default no limit."""
-    raw = os.environ.get("QAFL_CACHE_WAIT", "").strip()
+    raw = (environment.get("QAFL_CACHE_WAIT") or "").strip()
     if not raw:
         return None
     try:

@@ -1,4 +1,4 @@
-"""Run configuration: one flat, frozen, validated dataclass.
+"""Run configuration: one flat, frozen, validated dataclass, and its loading from YAML files and ``--set`` options.
 
 Names follow the issue tracker's contract (``clients_per_round``, ``local_steps``, ...), so that
 ``qafl run --set clients_per_round=10`` and YAML files use the same keys.  Validation happens in
@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from qafl_core.algorithms import ALGORITHMS
@@ -398,3 +399,43 @@ def parse_set_options(items: list[str] | None) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v
     return out
+
+
+#: A config file larger than this is refused unread (config files are a few kB; this guards against a wrong path).
+MAX_CONFIG_BYTES = 16 * 2 ** 20
+
+
+def load_config_file(path: str | None) -> dict:
+    """A flat mapping of RunConfig keys from a YAML (or JSON) file; a clear error for anything else."""
+    if path is None:
+        return {}
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: config file not found")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{p}: {p.stat().st_size:,} bytes is not a config file (at most {MAX_CONFIG_BYTES:,})")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                         f"save the config file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{p}: not valid YAML ({yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ValueError(f"{p}: not a config file (nested too deeply)") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def config_from_args(config_file: str | None, sets: list[str] | None) -> RunConfig:
+    """The RunConfig of a command line: the keys of ``config_file`` (if any), then each ``--set`` override."""
+    data = load_config_file(config_file)
+    data.update(parse_set_options(sets))
+    return RunConfig.from_dict(data, source=config_file or "--set")

@@ -10,7 +10,10 @@ nothing from torch's global RNG) and then initialises every tensor from the call
 Every model works with ``torch.func.functional_call`` on views of one flat vector (``params.py``);
 dropout draws its mask from a generator set with :func:`set_dropout_generator` (see :class:`GenDropout`).
 All models return logits and accept the inputs as the loaders store them (integer pixel/character
-tensors are cast inside ``forward``).
+tensors are cast inside ``forward``).  Add a model with :func:`register_model`.
+
+The module is longer than most (~410 lines): the seven reference networks, their shape checks and the one
+initialisation rule they share are kept in one table.
 """
 from __future__ import annotations
 

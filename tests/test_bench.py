@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from qafl_core import bench
+from qafl_bench import suite as bench
 from qafl_core.algorithms import FedAvg, FedBuff, QuAFL
-from qafl_core.bench_workloads import random_dataset
+from qafl_bench.workloads import random_dataset
 from qafl_core.cli import main
 from qafl_core.config import RunConfig
 from qafl_core.local import NeuralTask

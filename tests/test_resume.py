@@ -24,7 +24,7 @@ from qafl_core.cache import cache_entry
 from qafl_core.cli import main
 from qafl_core.fingerprint import run_identity
 from qafl_core.runner import load_or_run, run
-from qafl_core.runner_cli import config_from_args
+from qafl_core.config import config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 
