@@ -132,6 +132,7 @@ def test_flat_model_bind_equals_functional_call_and_restores():
 _FAST = "engine_vs_bare_cnn,engine_vs_bare_mlp,batched_vs_bare_mlp,quantizer_gbps,peak_rss_300_clients_gb"
 
 
+@pytest.mark.slow
 def test_bench_json_has_every_requested_line(capsys):
     rc = main(["bench", "--tiny", "--json", "--only", _FAST])
     obj = json.loads(capsys.readouterr().out)

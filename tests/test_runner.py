@@ -97,6 +97,7 @@ def _kill_mid_way(sets: list[str], out: Path, every: float) -> int:
     return len(seen)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(KILL_CASES))
 def test_sigkill_then_resume_is_bit_identical(case, tmp_path):
     sets = KILL_CASES[case]
@@ -122,6 +123,7 @@ def test_sigkill_then_resume_is_bit_identical(case, tmp_path):
     assert not (ref.split == "status").any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(EVERY_CASES))
 def test_resume_from_every_checkpoint_is_bit_identical(case, tmp_path, monkeypatch):
     """Resume from each checkpoint a run wrote (a copy is taken at every save) and compare the final
