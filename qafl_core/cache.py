@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from qafl_core import fingerprint, store
+from qafl_core import environment, fingerprint, store
 from qafl_core.config import RunConfig
 
 
@@ -27,7 +27,7 @@ def cache_root() -> Path:
 
 
 def default_cache_dir() -> Path:
-    return cache_root() / "runs"
+    return environment.cache_dir() / "runs"
 
 
 def cache_entry(ident, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -37,7 +37,7 @@ def cache_entry(ident, cache_dir: str | os.PathLike | None = None) -> Path:
 
 def _cache_wait() -> float | None:
     """How long to wait for a cache entry another process is computing: ``$QAFL_CACHE_WAIT`` s, default no limit."""
-    raw = os.environ.get("QAFL_CACHE_WAIT", "").strip()
+    raw = (environment.get("QAFL_CACHE_WAIT") or "").strip()
     if not raw:
         return None
     try:

@@ -1,4 +1,4 @@
-"""Run configuration: one flat, frozen, validated dataclass.
+"""Run configuration: one flat, frozen, validated dataclass, and its loading from YAML files and ``--set`` options.
 
 Names follow the issue tracker's contract (``clients_per_round``, ``local_steps``, ...), so that
 ``qafl run --set clients_per_round=10`` and YAML files use the same keys.  Validation happens in
@@ -24,16 +24,18 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 from qafl_core.device import check_device, identity_device
+from qafl_core.algorithms import ALGORITHMS
+from qafl_core.data.registry import DATASETS
+from qafl_core.quantize import BUILDERS as QUANTIZERS
 
-ALGORITHMS = ("quafl", "fedavg", "fedbuff", "fedasync", "qafel")
-QUANTIZERS = ("identity", "lattice", "qsgd", "dithered_lattice", "topk", "qsgd_norm")
-DATASETS = ("synthetic", "femnist", "shakespeare", "celeba", "fmnist", "mnist", "cifar10", "quadratic")
+# Names of algorithms, quantizers and datasets are the keys of their registries (register_algorithm,
+# register_quantizer, register_dataset), read at validation time so that a registered name is valid at once.
 TIMINGS = ("exponential", "uniform", "lognormal", "trace")
 PARTITIONS = ("natural", "iid", "dirichlet")
-VISION_DATASETS = ("fmnist", "mnist", "cifar10")
 STALENESS = ("none", "sqrt", "poly")
 DECODE_KEYS = ("current", "base")
 OPTIMIZERS = ("sgd", "adam")
@@ -238,9 +240,10 @@ class RunConfig:
         """Data partition and client-speed keys: each option only with the choice it belongs to."""
         if self.partition is not None:
             _check_choice("partition", self.partition, PARTITIONS)
-            if self.dataset == "quadratic":
-                raise ValueError("partition: the quadratic problem has no samples to partition")
-            if self.partition == "natural" and self.dataset in VISION_DATASETS:
+            own = DATASETS[self.dataset].get("partition", "natural")
+            if own is None:
+                raise ValueError(f"partition: the {self.dataset} problem has no samples to partition")
+            if self.partition == "natural" and own != "natural":
                 raise ValueError(f"partition: {self.dataset} has no natural client partition; use iid or dirichlet")
         if self.partition == "dirichlet":
             if self.dirichlet_alpha is None:
@@ -362,7 +365,7 @@ def _defaults() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- helpers
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def _check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name}: unknown value {value!r}; expected one of {', '.join(choices)}")
 
@@ -446,3 +449,43 @@ def parse_set_options(items: list[str] | None) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v
     return out
+
+
+#: A config file larger than this is refused unread (config files are a few kB; this guards against a wrong path).
+MAX_CONFIG_BYTES = 16 * 2 ** 20
+
+
+def load_config_file(path: str | None) -> dict:
+    """A flat mapping of RunConfig keys from a YAML (or JSON) file; a clear error for anything else."""
+    if path is None:
+        return {}
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: config file not found")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{p}: {p.stat().st_size:,} bytes is not a config file (at most {MAX_CONFIG_BYTES:,})")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                         f"save the config file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{p}: not valid YAML ({yaml_problem(exc)})") from None
+    except RecursionError:
+        raise ValueError(f"{p}: not a config file (nested too deeply)") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def config_from_args(config_file: str | None, sets: list[str] | None) -> RunConfig:
+    """The RunConfig of a command line: the keys of ``config_file`` (if any), then each ``--set`` override."""
+    data = load_config_file(config_file)
+    data.update(parse_set_options(sets))
+    return RunConfig.from_dict(data, source=config_file or "--set")

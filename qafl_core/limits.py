@@ -17,6 +17,8 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qafl_core import environment
+
 if TYPE_CHECKING:
     from qafl_core.config import RunConfig
 
@@ -27,7 +29,7 @@ MAX_JSON_BYTES = 2 ** 30
 
 
 def max_json_bytes() -> int:
-    env = os.environ.get("QAFL_MAX_JSON_BYTES")
+    env = environment.get("QAFL_MAX_JSON_BYTES")
     if not env:
         return MAX_JSON_BYTES
     try:
@@ -61,7 +63,7 @@ def read_bytes_bounded(path: str | os.PathLike, limit: int | None = None,
 
 def memory_limit() -> int:
     """Bytes a run may use: ``$QAFL_MEMORY_LIMIT_GB`` if set, else the machine's (or its cgroup's) memory."""
-    env = os.environ.get("QAFL_MEMORY_LIMIT_GB")
+    env = environment.get("QAFL_MEMORY_LIMIT_GB")
     if env:
         try:
             return int(float(env) * 1e9)

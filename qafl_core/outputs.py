@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from qafl_core import environment
+
 
 def profile_folder(profile: str, fallback: bool) -> str:
     """``figures/`` sub-folder of a profile's run: ``<profile>``, or ``<profile>-embedded`` when any figure of the
@@ -34,9 +36,7 @@ def default_output_dir() -> Path:
     root = checkout_root()
     if root is not None:
         return root / "notebooks" / "out"
-    from qafl_core.cache import cache_root
-
-    return cache_root() / "notebooks-out"
+    return environment.cache_dir() / "notebooks-out"
 
 
 def output_folder(output_dir: str | os.PathLike | None) -> str:

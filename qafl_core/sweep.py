@@ -1,4 +1,5 @@
-"""``qafl sweep``: one config file, several seeds (and optionally a grid of values), on the local or Ray backend.
+"""Sweeps (``qafl sweep``, :mod:`qafl_core.cli.sweep`): one config file, several seeds (and optionally a grid
+of values), on the local or Ray backend.
 
 ``qafl sweep --config FILE.yaml --seeds N [--set key=value ...] [--backend local|ray] [--address ADDR] --out DIR``
 
@@ -17,7 +18,6 @@ is reported as such; failed runs are listed and make the exit status 1, after ev
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from pathlib import Path
@@ -25,14 +25,14 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from qafl_core.config import RunConfig, parse_set_options
+from qafl_core.config import RunConfig
 
 _ID_COLUMNS = ["algorithm", "dataset", "seed", "quantizer", "bits", "config_hash"]
 
 
 def load_sweep_file(path: str) -> tuple[dict[str, Any], dict[str, list]]:
     """``(base keys, grid)`` from a sweep YAML file; ``grid`` maps config keys to non-empty value lists."""
-    from qafl_core.runner_cli import load_config_file
+    from qafl_core.config import load_config_file
 
     data = load_config_file(path)
     grid = data.pop("grid", None) or {}
@@ -177,32 +177,12 @@ def format_summary(summary: pd.DataFrame, grid_keys: list[str]) -> str:
     return text
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="run a config over several seeds (and a grid), locally or on Ray",
-                       description="Run a config for seeds 0..N-1 (x the cartesian product of its grid: mapping) and "
-                                   "write OUT/results.csv and OUT/summary.csv.")
-    p.add_argument("--config", required=True, help="YAML file of config keys, optionally with grid: {key: [values]}")
-    p.add_argument("--seeds", type=int, required=True, metavar="N", help="run seeds 0..N-1")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local", help="where the runs execute")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (e.g. auto, HOST:6379, ray://HOST:10001); default: start Ray locally")
-    p.add_argument("--max-parallel", type=int, default=None, metavar="P", help="at most P Ray tasks at a time")
-    p.add_argument("--cache-dir", default=None, help="run cache (default OUT/runs); runs already there are not rerun")
-    p.add_argument("--checkpoint-every", type=float, default=None, metavar="T",
-                   help="checkpoint each run every T simulated-time units in the cache; a rerun continues them")
-    p.add_argument("--plot", action="store_true",
-                   help="also write OUT/curves.png and .pdf: test accuracy and loss against simulated time and bits")
-    p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=_cmd_sweep)
-
-
 def plot_sweep(results: pd.DataFrame, grid: Mapping[str, list], out: str | Path) -> list[Path]:
     """Test accuracy and loss (suboptimality / gradient norm for quadratics) of every grid point against
     simulated time and against bits sent (up + down), mean over seeds with a +-1 std band; saved as
     ``out/curves.png`` and ``.pdf``."""
     from qafl_core.experiments import plotting
-    from qafl_core.experiments.common import PRETTY
+    from qafl_core.data.registry import label
 
     # curve labels: the algorithm/compression columns and plain grid axes that vary (a bundle axis shows up
     # through the columns it sets)
@@ -222,27 +202,6 @@ def plot_sweep(results: pd.DataFrame, grid: Mapping[str, list], out: str | Path)
                                   legend_title="", logy="auto" if metric in ("suboptimality", "grad_sq") else False)
             if not (k == 0 and x == "time") and ax.get_legend() is not None:
                 ax.get_legend().remove()
-    names = ", ".join(PRETTY.get(d, d) for d in sorted(results.dataset.unique()))
+    names = ", ".join(label(d) for d in sorted(results.dataset.unique()))
     plotting.suptitle(fig, f"{names}: server model on the test set", plotting.band_note(int(results.seed.nunique())))
     return plotting.save(fig, out, "curves", close=True)
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    if args.address and args.backend != "ray":
-        raise ValueError("--address: only meaningful with --backend ray")
-    base, grid = load_sweep_file(args.config)
-    base.update(parse_set_options(args.set))
-    if args.checkpoint_every is not None:
-        if args.checkpoint_every <= 0:
-            raise ValueError(f"--checkpoint-every: must be > 0, got {args.checkpoint_every}")
-        base["checkpoint_every"] = args.checkpoint_every
-    results, summary = sweep(base, grid, args.seeds, args.out, backend=args.backend, address=args.address,
-                             cache_dir=args.cache_dir, max_parallel=args.max_parallel, source=args.config)
-    print(format_summary(summary, list(grid)))
-    if args.plot:
-        print("figure: " + ", ".join(str(p) for p in plot_sweep(results, grid, args.out)))
-    print(f"results: {Path(args.out) / 'results.csv'}  summary: {Path(args.out) / 'summary.csv'}")
-    failed = summary[summary.status == "failed"]
-    for _, row in failed.iterrows():
-        print(f"qafl: run {row.run} (seed {row.seed}) failed: {row.error}", file=sys.stderr)
-    return 1 if len(failed) else 0

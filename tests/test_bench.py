@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from qafl_core import bench
+from qafl_bench import suite as bench
 from qafl_core.algorithms import FedAvg, FedBuff, QuAFL
-from qafl_core.bench_workloads import random_dataset
+from qafl_bench.workloads import random_dataset
 from qafl_core.cli import main
 from qafl_core.config import RunConfig
 from qafl_core.local import NeuralTask
@@ -133,6 +133,7 @@ _FAST = ("engine_vs_bare_cnn,engine_vs_bare_mlp,batched_vs_bare_mlp,quantizer_gb
          "quafl_lattice_round_vs_sgd,peak_rss_300_clients_gb")
 
 
+@pytest.mark.slow
 def test_bench_json_has_every_requested_line(capsys):
     rc = main(["bench", "--tiny", "--json", "--only", _FAST])
     obj = json.loads(capsys.readouterr().out)
@@ -212,7 +213,7 @@ def test_batched_vs_sequential_and_gpu_lines_run(capsys, monkeypatch):
 
 
 def test_engine_pair_and_bare_loop_accept_a_device():
-    from qafl_core.bench_workloads import BareLoop, engine_pair
+    from qafl_bench.workloads import BareLoop, engine_pair
 
     ds = random_dataset("mnist", 4, 20, (1, 28, 28), 10)
     res = engine_pair(ds, "mlp", 2, 2, 8, 1, 1, device="cpu")
@@ -231,7 +232,7 @@ def test_quafl_round_line_is_skipped_when_femnist_is_missing(monkeypatch, tmp_pa
 def test_lattice_vs_copy_times_what_replaced_the_fused_send_without_one():
     """The workload runs against quantizers without ``send`` (the implementation before the fused kernels),
     timing decode(encode(x)) instead: the same harness measures before and after."""
-    from qafl_core import bench_quantize
+    from qafl_bench import quantize as bench_quantize
     from qafl_core.quantize import make_quantizer
 
     class Plain:

@@ -120,3 +120,40 @@ def test_describe_os_error_names_the_file_or_the_output():
         "No space left on device (disk full)"
     assert describe_os_error(OSError(errno.EIO, "Input/output error", "/d/f")) == "/d/f: Input/output error"
     assert describe_os_error(OSError(errno.EIO, "Input/output error"), "runs/x") == "runs/x: Input/output error"
+
+
+# ---------------------------------------------------------------------- the command package
+def _subcommands(parser) -> dict:
+    import argparse
+
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("run", "sweep", "data", "reproduce", "bench"):
+        assert f"\n    {command} " in out or f"\n    {command}\n" in out, command
+
+
+def test_one_option_convention():
+    """--config FILE, --set KEY=VALUE and --out DIR wherever a command takes a config, overrides or an output."""
+    from qafl_core.cli import build_parser
+
+    commands = _subcommands(build_parser())
+    for name, wanted in (("run", {"--config", "--set", "--out"}), ("sweep", {"--config", "--set", "--out"})):
+        assert wanted <= set(commands[name]._option_string_actions), name
+    describe = _subcommands(commands["data"])["describe"]
+    assert "--set" in describe._option_string_actions  # loader options (--option is kept as its old spelling)
+
+
+def test_bench_outside_a_checkout_is_one_line(monkeypatch, tmp_path, capsys):
+    from qafl_core.cli import bench
+
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path / "bench")
+    assert main(["bench", "--only", "quantizer_gbps"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"qafl: error: {tmp_path / 'bench'}: no benchmarks here; qafl bench needs a source checkout "
+        f"(git clone, then pip install -e .)"]

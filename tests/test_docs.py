@@ -160,3 +160,26 @@ def test_checkers_catch_planted_faults(tmp_path, monkeypatch):
         "docs/page.md#gone: no heading #gone", "docs/other.md: no page docs/other.md"]
     planted = "see " + _FORBIDDEN[0] + " and " + _FORBIDDEN[2] + "; also PAPER §4\nDATA.markdown docs/data.md\n"
     assert len(forbidden_mentions(tmp_path / "x.txt", planted)) == 3
+
+
+def _layout_block() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_readme_layout_matches_the_tree():
+    """Every top-level folder, every qafl_core module and sub-package is in the README's Layout, and every
+    file or folder the Layout names exists."""
+    block = _layout_block()
+    tokens = set(re.findall(r"[\w.-]+/?", block))
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    top = {p.split("/")[0] + "/" for p in tracked if "/" in p and not p.startswith(".")}
+    assert not top - tokens, f"top-level folders missing from README Layout: {sorted(top - tokens)}"
+    package = ROOT / "qafl_core"
+    modules = {p.name for p in package.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    modules |= {p.name + "/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert not modules - tokens, f"qafl_core modules missing from README Layout: {sorted(modules - tokens)}"
+    existing = {Path(p).name for p in tracked} | {part + "/" for p in tracked for part in Path(p).parts[:-1]}
+    named = {t for t in tokens if not t.startswith(".") and (t.endswith((".py", ".ipynb", ".md")) or t.endswith("/"))}
+    assert not named - existing, f"README Layout names files that do not exist: {sorted(named - existing)}"

@@ -13,7 +13,7 @@ import torch
 
 from qafl_core.algorithms import FedBuff
 from qafl_core.algorithms.base import Simulation
-from qafl_core.bench_workloads import random_dataset
+from qafl_bench.workloads import random_dataset
 from qafl_core.cli import main
 from qafl_core.config import RunConfig
 from qafl_core.local import NeuralTask
@@ -271,7 +271,7 @@ def test_cli_accepts_concurrency(tmp_path, capsys):
 
 
 def test_fedbuff_concurrency_bench_line_on_a_tiny_workload(capsys):
-    from qafl_core import bench
+    from qafl_bench import suite as bench
 
     line = bench.bench_fedbuff_concurrency("tiny")
     assert line.name == "fedbuff_concurrency" and line.passed is None and line.target == "reported"

@@ -63,7 +63,7 @@ GOLDEN = {
 
 def _tiny_images(cfg):
     """4 clients of random 28x28 'images' (FEMNIST-shaped random data of the benchmarks, 10 classes)."""
-    from qafl_core.bench_workloads import random_dataset
+    from qafl_bench.workloads import random_dataset
 
     ds = random_dataset("fmnist", cfg.num_clients, 12, (1, 28, 28), 10, seed=1)
     return NeuralTask(ds, "fmnist_cnn", cfg.seed, cfg.batch_size, cfg.eval_max_samples, cfg.eval_batch_size)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qafl_core.bench_workloads import random_dataset
+from qafl_bench.workloads import random_dataset
 from qafl_core.config import RunConfig
 from qafl_core.local import ClientBatcher, NeuralTask
 from qafl_core.models import build_model

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qafl_core import environment
 from qafl_core.data.federated import FederatedDataset
 from qafl_core.data.leaf import LeafObj, read_leaf_split
 
@@ -30,7 +31,7 @@ IMAGE_DIR_NAME = "img_align_celeba"
 
 def _resolve_root(root: str | None) -> Path:
     if root is None:
-        base = os.environ.get("QAFL_DATA_DIR")
+        base = environment.data_dir()
         if not base:
             raise FileNotFoundError("CelebA: no data root; pass root (a LEAF CelebA directory with train/, test/ and "
                                     "raw/img_align_celeba/) or set QAFL_DATA_DIR (expects $QAFL_DATA_DIR/celeba); "

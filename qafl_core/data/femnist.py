@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qafl_core import environment
 from qafl_core.data.federated import FederatedDataset
 from qafl_core.data.leaf import leaf_to_federated, read_leaf_split
 
@@ -73,7 +74,7 @@ def _is_sample(d: Path) -> bool:
 
 def _resolve(root: str | os.PathLike | list | None, merge: bool) -> list[Path]:
     if root is None:
-        base = os.environ.get("QAFL_DATA_DIR")
+        base = environment.data_dir()
         if not base:
             raise FileNotFoundError("FEMNIST: no data root; pass --root DIR (a LEAF sample with train/ and test/) or "
                                     "set QAFL_DATA_DIR (expects $QAFL_DATA_DIR/femnist/<sample>/); to build the data "

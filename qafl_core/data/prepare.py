@@ -214,11 +214,9 @@ def cmd_celeba(args: argparse.Namespace) -> int:
 
 
 def register_prepare(sub: argparse._SubParsersAction) -> None:
-    """Add ``femnist``, ``celeba`` and ``shakespeare`` to the ``qafl data prepare`` group."""
-    from qafl_core.data.prepare_femnist import register_femnist
+    """Add ``celeba`` and ``shakespeare`` to the ``qafl data prepare`` group (``femnist``:
+    :func:`qafl_core.data.prepare_femnist.register_femnist`, which builds on this module)."""
     from qafl_core.data.shakespeare import DEFAULT_SMPLSEED, DEFAULT_SPLTSEED, OOV_POLICIES
-
-    register_femnist(sub, add_pipeline_args)
 
     c = sub.add_parser("celeba", help="LEAF CelebA from identity_CelebA.txt, list_attr_celeba.txt, img_align_celeba/")
     c.add_argument("--raw", required=True, help="folder with identity_CelebA.txt, list_attr_celeba.txt, img_align_celeba/")

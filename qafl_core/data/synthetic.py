@@ -27,6 +27,9 @@ mean ``u_k`` instead of LEAF's shared ``Q`` times a low-dimensional cluster vect
 clients instead of 5 and 1000; sample counts ``int(lognormal(4, 2)) + 50`` with no cap instead of
 ``min(int(lognormal(3, 2)) + 5, 1000)``; no logit noise; a true (row-wise) softmax; feature means
 ``v_k ~ N(B_k, 1)`` with ``B_k ~ N(0, β)`` where LEAF fixes β = 1.
+
+The module is longer than most (~290 lines): both generators and the loader that caches them are kept side
+by side so that their differences (listed above) can be read against the code.
 """
 from __future__ import annotations
 

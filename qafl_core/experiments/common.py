@@ -30,11 +30,8 @@ import pandas as pd
 
 from qafl_core.config import RunConfig
 
-#: Datasets that ship with the package (no data directory needed).
-EMBEDDED = ("synthetic", "shakespeare", "quadratic")
-#: Human-readable names used in titles.
-PRETTY = {"femnist": "FEMNIST", "celeba": "CelebA", "synthetic": "LEAF Synthetic", "shakespeare": "Shakespeare",
-          "quadratic": "heterogeneous quadratics", "mnist": "MNIST", "fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+# the one dataset table: which datasets ship with the package, their labels, whether their data is here
+from qafl_core.data.registry import EMBEDDED, PRETTY, data_available  # noqa: E402
 
 
 # ---------------------------------------------------------------------- which data
@@ -69,38 +66,6 @@ class DatasetChoice:
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.name, "requested": self.requested, "dataset_options": dict(self.options),
                 "embedded_fallback": self.fallback, "reason": self.reason, "label": self.label}
-
-
-def data_available(name: str, options: Mapping[str, Any] | None = None) -> tuple[bool, str]:
-    """Whether ``name`` can be loaded here without a download, and if not, why (one sentence)."""
-    options = dict(options or {})
-    if name in EMBEDDED:
-        return True, ""
-    from qafl_core.data import registry
-
-    if name not in registry.DATASETS:
-        return False, f"unknown dataset {name!r}"
-    module = registry.DATASETS[name]["loader"].split(":")[0]
-    try:
-        __import__(module)
-    except ImportError:
-        return False, f"this version has no {PRETTY.get(name, name)} loader ({module})"
-    if name == "fmnist":
-        root = registry.default_data_root(name)
-        return (root is not None and Path(root).is_dir()), f"no Fashion-MNIST files at {root}"
-    if registry.default_data_root(name) is None:
-        return False, f"QAFL_DATA_DIR is not set, so there is no {PRETTY.get(name, name)} data"
-    root = Path(registry.default_data_root(name))
-    if name == "femnist":
-        if options.get("merge"):
-            ok = root.is_dir() and any((d / "train").is_dir() and (d / "test").is_dir() for d in root.iterdir())
-        else:
-            from qafl_core.data.femnist import DEFAULT_SAMPLE
-
-            ok = (root / DEFAULT_SAMPLE / "train").is_dir() and (root / DEFAULT_SAMPLE / "test").is_dir()
-    else:
-        ok = root.is_dir() and any(root.iterdir())
-    return ok, ("" if ok else f"no {PRETTY.get(name, name)} data under {root}")
 
 
 def choose_dataset(dataset: str, prefer: Sequence[str] = ("femnist",), fallback: str | None = "synthetic",

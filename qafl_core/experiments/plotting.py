@@ -14,7 +14,9 @@ from typing import Sequence
 
 import matplotlib
 
-if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
+from qafl_core import environment
+
+if "ipykernel" not in sys.modules and not environment.get("MPLBACKEND"):
     matplotlib.use("Agg")  # headless: scripts, tests, CI
 
 import matplotlib.pyplot as plt  # noqa: E402

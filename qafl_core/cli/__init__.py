@@ -1,12 +1,15 @@
-"""The ``qafl`` command line.
+"""The ``qafl`` command line: the parser, :func:`main` and the one error-to-exit-status policy.
 
-Sub-commands live next to the code they drive; each module exposes ``register(subparsers)``:
+Each sub-command is a module of this package exposing ``register(subparsers)``:
 
-* ``qafl data describe|prepare``  -> :mod:`qafl_core.data.cli`
-* ``qafl run``                    -> :mod:`qafl_core.runner_cli`
-* ``qafl reproduce``              -> :mod:`qafl_core.reproduce`
-* ``qafl sweep``                  -> :mod:`qafl_core.sweep`
-* ``qafl bench``                  -> :mod:`qafl_core.bench`
+* ``qafl run``                    -> :mod:`qafl_core.cli.run`
+* ``qafl sweep``                  -> :mod:`qafl_core.cli.sweep`
+* ``qafl data describe|prepare``  -> :mod:`qafl_core.cli.data`
+* ``qafl bench``                  -> :mod:`qafl_core.cli.bench` (the benchmarks live in the checkout's ``bench/``)
+* ``qafl reproduce``              -> :mod:`qafl_core.reproduce` (its arguments stay beside the notebook runner)
+
+One convention for every sub-command: ``--config FILE`` (YAML of config keys), ``--set KEY=VALUE`` (repeatable
+override) and ``--out DIR`` (where it writes), wherever the command has a config, overrides or an output.
 
 Every user error (bad file, unknown name, impossible value) is printed as one line
 ``qafl: error: ...`` without a traceback and exits with status 2.  So are the faults of the machine a
@@ -24,11 +27,11 @@ import os
 import sys
 
 _COMMAND_MODULES = [
-    "qafl_core.data.cli",
-    "qafl_core.runner_cli",
+    "qafl_core.cli.run",
+    "qafl_core.cli.sweep",
+    "qafl_core.cli.data",
     "qafl_core.reproduce",
-    "qafl_core.sweep",
-    "qafl_core.bench",
+    "qafl_core.cli.bench",
 ]
 
 
@@ -106,7 +109,3 @@ def describe_os_error(exc: OSError, output: str | None = None) -> str:
     if exc.filename2 is not None:
         where += f" -> {os.fsdecode(exc.filename2)}"
     return f"{where}: {reason}"
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

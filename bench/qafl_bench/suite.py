@@ -1,7 +1,7 @@
-"""``qafl bench``: what the simulator costs beyond the clients' local SGD.
+"""The benchmarks of ``qafl bench`` (:mod:`qafl_core.cli.bench`): what the simulator costs beyond the clients' local SGD.
 
 Over 250 lines: it is the one table of benchmark lines (each a few lines of setup and formatting); the
-workloads themselves are in :mod:`qafl_core.bench_workloads` and :mod:`qafl_core.bench_quantize`.
+workloads themselves are in :mod:`qafl_bench.workloads`, :mod:`qafl_bench.quantize` and :mod:`qafl_bench.device`.
 
 Every ratio compares two runs made in this process, interleaved (A, B, A, B, ...: each engine round is
 followed by the bare loop replaying exactly its steps), median of several repetitions, so that load from
@@ -40,11 +40,10 @@ runs are timed in this process's CPU time (on a shared 2-core machine, wall-cloc
 * ``peak_rss_300_clients_gb`` -- peak resident memory (``ru_maxrss`` of a child process, via ``os.wait4``)
   of a QuAFL run (lattice, b = 10) with 300 FEMNIST-CNN clients: evaluation, a few rounds, evaluation.
 * ``batched_vs_sequential``, ``engine_vs_bare_cuda``, ``batched_vs_sequential_cuda`` -- batched vs sequential local
-  SGD, and the engine on a GPU (:mod:`qafl_core.bench_device`; the GPU lines print ``skipped: no GPU`` without one).
+  SGD, and the engine on a GPU (:mod:`qafl_bench.device`; the GPU lines print ``skipped: no GPU`` without one).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -52,19 +51,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qafl_core import bench_device
-from qafl_core.bench_quantize import (
+from qafl_bench import device as bench_device
+from qafl_bench.quantize import (
     lattice_vs_copy,
     quafl_round_vs_sgd,
     quantizer_throughput,
 )
-from qafl_core.bench_workloads import (
+from qafl_bench.workloads import (
     cnn_dataset,
     engine_pair,
     keep_freed_memory,
@@ -74,7 +73,7 @@ from qafl_core.bench_workloads import (
 NAMES = ("engine_vs_bare_cnn", "engine_vs_bare_mlp", "batched_vs_bare_mlp", "flower_vs_engine", "quantizer_gbps",
          "lattice_vs_copy", "quafl_lattice_round_vs_sgd", "peak_rss_300_clients_gb", "fedbuff_concurrency",
          "batched_vs_sequential", "engine_vs_bare_cuda", "batched_vs_sequential_cuda")
-FLOWER_SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "flower_compare.py"
+FLOWER_SCRIPT = Path(__file__).resolve().parent.parent / "flower_compare.py"
 
 
 @dataclass
@@ -128,10 +127,11 @@ def bench_mlp(size: str, batched: bool = False) -> Line:
 
 def _child_env() -> dict[str, str]:
     """The environment of a benchmark child process.  The children (and Flower's Ray workers) import
-    qafl_core, so this checkout goes first on PYTHONPATH: that works whether or not the package is installed
-    (e.g. ``python -m qafl_core bench`` run from the source tree)."""
-    root = str(Path(__file__).resolve().parent.parent)
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    qafl_core and qafl_bench, so this checkout and its ``bench/`` go first on PYTHONPATH: that works whether or
+    not the package is installed (e.g. ``python -m qafl_core bench`` run from the source tree)."""
+    bench = Path(__file__).resolve().parent.parent
+    paths = (str(bench.parent), str(bench), os.environ.get("PYTHONPATH"))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
 
 
 def bench_flower(size: str) -> Line:
@@ -212,7 +212,7 @@ def bench_quafl_round(size: str) -> Line:
 def bench_rss(size: str) -> Line:
     clients, rounds = SIZES[size]["rss"]
     model = "femnist_cnn" if size != "tiny" else "mlp"
-    cmd = [sys.executable, "-m", "qafl_core.bench_workloads", "rss", str(clients), str(rounds), model]
+    cmd = [sys.executable, "-m", "qafl_bench.workloads", "rss", str(clients), str(rounds), model]
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env=_child_env())
         _, status, usage = os.wait4(proc.pid, 0)    # this child's own rusage (RUSAGE_CHILDREN mixes all children)
@@ -244,7 +244,7 @@ def bench_fedbuff_concurrency(size: str) -> Line:
 
     The simulator trains a job only when it reaches the server, so the cost follows the arrivals the server
     handles: at most Z per ``sit`` (server-bound), at most C per mean job time (client-bound)."""
-    from qafl_core.bench_workloads import intra_op_threads
+    from qafl_bench.workloads import intra_op_threads
     from qafl_core.config import RunConfig
     from qafl_core.local import NeuralTask
     from qafl_core.runner import build_simulation
@@ -313,43 +313,10 @@ def run_bench(names: list[str], size: str, log=None) -> list[Line]:
     for name in names:
         t = time.perf_counter()
         line = RUNNERS[name](size)
-        if isinstance(line, dict):      # qafl_core.bench_device returns a line's fields but its name
+        if isinstance(line, dict):      # qafl_bench.device returns a line's fields but its name
             line = Line(name, **line)
         line.detail["wall_s"] = round(time.perf_counter() - t, 1)
         if log is not None:
             log(f"[{line.detail['wall_s']:.0f} s] {format_table([line]).splitlines()[1]}")
         out.append(line)
     return out
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure the simulator against a bare torch loop and Flower",
-                       description="Engine cost vs a bare torch loop and Flower, quantizer throughput, peak memory. "
-                                   "Ratios of interleaved runs in one process (medians). See bench/README.md.")
-    p.add_argument("--json", action="store_true", help="print one JSON object (a key per line) instead of the table")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions and rounds (about a minute less)")
-    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # toy sizes: tests check that it runs
-    p.add_argument("--only", metavar="NAMES", help=f"comma-separated subset of: {', '.join(NAMES)}")
-    p.set_defaults(func=_cmd_bench)
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    names = list(NAMES)
-    if args.only:
-        names = [x.strip() for x in args.only.split(",") if x.strip()]
-        unknown = [x for x in names if x not in NAMES]
-        if unknown:
-            raise ValueError(f"--only: unknown benchmark(s) {', '.join(unknown)}; expected some of {', '.join(NAMES)}")
-    size = "tiny" if args.tiny else "quick" if args.quick else "full"
-    log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    lines = run_bench(names, size, log)
-    if args.json:
-        obj = {ln.name: {k: v for k, v in asdict(ln).items() if k != "name"} for ln in lines}
-        obj["machine"] = machine()
-        obj["size"] = size
-        print(json.dumps(obj, default=str))
-    else:
-        m = machine()
-        print(f"qafl bench ({size}): {m['cpus']} CPUs, torch {m['torch']}, load average {m['load_avg_1m']:.1f}")
-        print(format_table(lines))
-    return 1 if any(ln.passed is False for ln in lines) else 0

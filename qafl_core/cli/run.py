@@ -5,49 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from qafl_core.config import RunConfig, parse_set_options, yaml_problem
-
-#: A config file larger than this is refused unread (config files are a few kB; this guards against a wrong path).
-MAX_CONFIG_BYTES = 16 * 2 ** 20
-
-
-def load_config_file(path: str | None) -> dict:
-    """A flat mapping of RunConfig keys from a YAML (or JSON) file; a clear error for anything else."""
-    if path is None:
-        return {}
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: config file not found")
-    if p.stat().st_size > MAX_CONFIG_BYTES:
-        raise ValueError(f"{p}: {p.stat().st_size:,} bytes is not a config file (at most {MAX_CONFIG_BYTES:,})")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                         f"save the config file as UTF-8") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML ({yaml_problem(exc)})") from None
-    except RecursionError:
-        raise ValueError(f"{p}: not a config file (nested too deeply)") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
-    return data
-
-
-def config_from_args(config_file: str | None, sets: list[str] | None) -> RunConfig:
-    data = load_config_file(config_file)
-    data.update(parse_set_options(sets))
-    return RunConfig.from_dict(data, source=config_file or "--set")
+from qafl_core.config import config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run one simulation (QuAFL, FedAvg or FedBuff)",
+    p = sub.add_parser("run", help="run one simulation (QuAFL, FedAvg, FedBuff, FedAsync, QAFeL or a registered algorithm)",
                        description="Run one simulation and write OUT/results.csv and OUT/config.json.")
     p.add_argument("--config", help="YAML file of config keys (see README: Configuration)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")

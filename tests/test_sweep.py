@@ -31,6 +31,7 @@ def test_bundle_axis_named_like_a_results_column_is_refused(tmp_path):
         expand(base, grid, seeds=1, source=str(f))
 
 
+@pytest.mark.slow
 def test_sweep_plot_draws_accuracy_and_loss_against_time_and_bits(tmp_path, capsys):
     from qafl_core.cli import main
 

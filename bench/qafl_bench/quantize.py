@@ -1,4 +1,4 @@
-"""The quantizer workloads behind ``qafl bench`` (:mod:`qafl_core.bench`): throughput next to ``copy_`` and
+"""The quantizer workloads behind ``qafl bench`` (:mod:`qafl_bench.suite`): throughput next to ``copy_`` and
 to a CNN SGD step, and the share of a QuAFL lattice round that is not local SGD.
 
 Everything runs on one intra-op thread, as the engine runs its vector arithmetic (on a loaded shared machine
@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from qafl_core.bench_workloads import LR, BareLoop, intra_op_threads, random_dataset
+from qafl_bench.workloads import LR, BareLoop, intra_op_threads, random_dataset
 from qafl_core.data.federated import FederatedDataset
 from qafl_core.rng import torch_generator
 

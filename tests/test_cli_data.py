@@ -25,8 +25,10 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_registry_models_and_names():
     assert {k: v["model"] for k, v in DATASETS.items()} == {
         "femnist": "femnist_cnn", "shakespeare": "shakespeare_lstm", "celeba": "celeba_cnn", "synthetic": "logreg",
-        "mnist": "mlp", "fmnist": "fmnist_cnn", "cifar10": "resnet20"}
+        "mnist": "mlp", "fmnist": "fmnist_cnn", "cifar10": "resnet20", "quadratic": None}  # generated, no model
     assert all(v["description"] for v in DATASETS.values())
+    with pytest.raises(ValueError, match="quadratic: is a generated problem without samples"):
+        load_dataset("quadratic")
     with pytest.raises(ValueError, match="known datasets: femnist, shakespeare"):
         load_dataset("emnist")
     with pytest.raises(ValueError, match="synthetic: unknown option 'sff'.*sf"):

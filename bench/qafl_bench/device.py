@@ -5,7 +5,7 @@
   (:mod:`qafl_core.batched`, one call for all of them), for each model the batched path supports; the value is
   the speed-up, sequential time / batched time per server step, interleaved (a sequential block, then a batched
   block, repeated), median, CPU time on one thread. Reported, no target.
-* ``engine_vs_bare_cuda`` -- :func:`qafl_core.bench_workloads.engine_pair` on the GPU: QuAFL on the FEMNIST CNN
+* ``engine_vs_bare_cuda`` -- :func:`qafl_bench.workloads.engine_pair` on the GPU: QuAFL on the FEMNIST CNN
   (FEMNIST-shaped random inputs, n = 20, s = 10, K = 5, batch 32) vs a bare torch loop replaying its steps on
   the GPU, wall-clock after ``torch.cuda.synchronize()``; target <= 1.10.
 * ``batched_vs_sequential_cuda`` -- the speed-up of batched over sequential local SGD on the GPU for the FEMNIST
@@ -13,7 +13,7 @@
 
 Without CUDA the two GPU lines print ``skipped: no GPU``; where the batched path does not support a model the
 line says so instead of measuring something else.  Each ``bench_*`` function returns the fields of a
-:class:`qafl_core.bench.Line` but its name (``value``, ``target``, ``passed``, ``note``, ``detail``).
+:class:`qafl_bench.suite.Line` but its name (``value``, ``target``, ``passed``, ``note``, ``detail``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from qafl_core.bench_workloads import (
+from qafl_bench.workloads import (
     _synced,
     cnn_dataset,
     engine_pair,

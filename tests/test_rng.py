@@ -87,6 +87,7 @@ for k, d in enumerate({cfgs!r}):
 """
 
 
+@pytest.mark.slow
 def test_identical_across_processes_and_hash_seeds(tmp_path):
     """A fresh interpreter (another PYTHONHASHSEED, so other set/dict-of-str orders) gives the same bytes."""
     cfgs = [_cfg("synthetic", "quafl", "lattice"), _cfg("quadratic", "fedbuff", "qsgd")]

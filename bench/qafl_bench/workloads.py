@@ -1,6 +1,6 @@
-"""The workloads behind ``qafl bench`` (:mod:`qafl_core.bench`): data, the bare torch loop, the interleaved
-engine-vs-bare timing (on the CPU or a GPU), and the peak-memory child run (``python -m qafl_core.bench_workloads
-rss CLIENTS ROUNDS MODEL``). The quantizer workloads are in :mod:`qafl_core.bench_quantize`.
+"""The workloads behind ``qafl bench`` (:mod:`qafl_bench.suite`): data, the bare torch loop, the interleaved
+engine-vs-bare timing (on the CPU or a GPU), and the peak-memory child run
+(``python -m qafl_bench.workloads rss CLIENTS ROUNDS MODEL``). The quantizer workloads are in :mod:`qafl_bench.quantize`.
 """
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def rss_child(clients: int, rounds: int, model: str) -> dict:
             "source": source, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-if __name__ == "__main__":   # the bench's child process: python -m qafl_core.bench_workloads rss CLIENTS ROUNDS MODEL
+if __name__ == "__main__":   # the bench's child process: python -m qafl_bench.workloads rss CLIENTS ROUNDS MODEL
     if len(sys.argv) != 5 or sys.argv[1] != "rss":
-        sys.exit("usage: python -m qafl_core.bench_workloads rss CLIENTS ROUNDS MODEL")
+        sys.exit("usage: python -m qafl_bench.workloads rss CLIENTS ROUNDS MODEL")
     print("RSS_JSON " + json.dumps(rss_child(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])), flush=True)

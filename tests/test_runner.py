@@ -24,7 +24,7 @@ from qafl_core.cache import cache_entry
 from qafl_core.cli import main
 from qafl_core.fingerprint import run_identity
 from qafl_core.runner import load_or_run, run
-from qafl_core.runner_cli import config_from_args
+from qafl_core.config import config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,6 +105,7 @@ def _kill_mid_way(sets: list[str], out: Path, every: float) -> int:
     return len(seen)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(KILL_CASES))
 def test_sigkill_then_resume_is_bit_identical(case, tmp_path):
     sets = KILL_CASES[case]
@@ -130,6 +131,7 @@ def test_sigkill_then_resume_is_bit_identical(case, tmp_path):
     assert not (ref.split == "status").any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(EVERY_CASES))
 def test_resume_from_every_checkpoint_is_bit_identical(case, tmp_path, monkeypatch):
     """Resume from each checkpoint a run wrote (a copy is taken at every save) and compare the final

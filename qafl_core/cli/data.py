@@ -1,6 +1,6 @@
 """``qafl data ...`` sub-commands: ``describe`` (here) and ``prepare`` (from :mod:`qafl_core.data.prepare`).
 
-``qafl data describe NAME [--root DIR] [--option key=value ...] [--partition iid|dirichlet ...] [--json]``
+``qafl data describe NAME [--root DIR] [--set key=value ...] [--partition iid|dirichlet ...] [--json]``
 loads a dataset through :func:`qafl_core.data.registry.load_dataset`, optionally re-partitions it
 (:mod:`qafl_core.data.partition`, as a run with ``partition:`` would), and prints its statistics (LEAF
 ``stats.sh`` style: clients, samples, mean/std samples per client), how heterogeneous its partition is
@@ -34,7 +34,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--option expects key=value, got {pair!r}")
+            raise ValueError(f"--set/--option expects key=value, got {pair!r}")
         out[key.strip().replace("-", "_")] = _parse_value(value)
     return out
 
@@ -85,7 +85,7 @@ def describe(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace, options: dict[str, Any]):
     """Load, then re-partition as ``runner.build_dataset`` does (vision: one shard, re-dealt)."""
     scheme = args.partition
-    vision = args.name in ("mnist", "fmnist", "cifar10")
+    vision = DATASETS.get(args.name, {}).get("partition", "natural") == "iid"  # loaded as shards, re-dealt
     if args.dirichlet_alpha is not None and scheme != "dirichlet":
         raise ValueError("--dirichlet-alpha: only used with --partition dirichlet")
     if vision and scheme == "natural":
@@ -106,8 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = data_sub.add_parser("describe", help="print statistics of a dataset (clients, samples per client, ...)")
     d.add_argument("name", help=f"dataset name: {', '.join(DATASETS)}")
     d.add_argument("--root", default=None, help="data directory (default: see each dataset; uses $QAFL_DATA_DIR)")
-    d.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="loader option, repeatable (e.g. --option sf=0.5); values parsed as JSON when possible")
+    d.add_argument("--set", "--option", action="append", dest="option", metavar="KEY=VALUE",
+                   help="loader option, repeatable (e.g. --set sf=0.5); values parsed as JSON when possible")
     d.add_argument("--merge", action="store_true", help="femnist: merge every LEAF sample under --root")
     d.add_argument("--num-clients", type=int, default=None,
                    help="mnist/fmnist/cifar10: number of clients (i.i.d. shards, or those of --partition)")
@@ -120,14 +120,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--json", action="store_true", help="print exactly one JSON object")
     d.set_defaults(func=describe)
 
-    # ---- `qafl data prepare ...`: sub-commands are registered by qafl_core.data.prepare (other module owner).
+    # ---- `qafl data prepare ...`: the sub-commands are defined beside the pipelines they drive
     prepare = data_sub.add_parser("prepare", help="build LEAF data (run LEAF's pipeline) from raw sources")
     prepare_sub = prepare.add_subparsers(dest="prepare_command", metavar="DATASET")
     prepare_sub.required = True
-    try:
-        from qafl_core.data.prepare import register_prepare
-    except ModuleNotFoundError as exc:  # the module may not exist yet; only then is the group left empty
-        if exc.name != "qafl_core.data.prepare":
-            raise
-    else:
-        register_prepare(prepare_sub)
+    from qafl_core.data.prepare import add_pipeline_args, register_prepare
+    from qafl_core.data.prepare_femnist import register_femnist
+
+    register_femnist(prepare_sub, add_pipeline_args)
+    register_prepare(prepare_sub)
