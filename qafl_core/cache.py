@@ -23,7 +23,7 @@ from qafl_core.config import RunConfig
 
 def cache_root() -> Path:
     """``$QAFL_CACHE_DIR`` (default ``~/.cache/qafl``): the run cache, the estimate's costs, private kernels."""
-    return Path(os.environ.get("QAFL_CACHE_DIR", Path.home() / ".cache" / "qafl"))
+    return environment.cache_dir()
 
 
 def default_cache_dir() -> Path:

@@ -23,3 +23,8 @@ def data_dir() -> str | None:
 def cache_dir() -> Path:
     """``$QAFL_CACHE_DIR`` (default ``~/.cache/qafl``): run cache, fingerprints, generated data."""
     return Path(os.environ.get("QAFL_CACHE_DIR") or Path.home() / ".cache" / "qafl")
+
+
+def quant_compile() -> str | None:
+    """``$QAFL_QUANT_COMPILE``: ``auto`` (default), ``on`` or ``off`` -- whether the lattice kernels are compiled."""
+    return os.environ.get("QAFL_QUANT_COMPILE")

@@ -37,6 +37,9 @@ time is above the median of the clients' means.
 Durations come from one generator per client, consumed in order, so a client's step times depend
 only on the root seed and on how many steps it has taken — never on the order in which the
 simulator processes events.
+
+Longer than 250 lines: every speed model and the one lazy-progress rule that QuAFL and the estimator share
+live together, so that the rule cannot drift between them.
 """
 from __future__ import annotations
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Callable
 
 import torch
+
+from qafl_core import environment
 
 log = logging.getLogger("qafl")
 
@@ -37,7 +38,7 @@ FAILED = object()          # what run_compiled returns when it could not compile
 
 def compile_mode() -> str:
     """The current mode: set by :func:`compiling`, else ``$QAFL_QUANT_COMPILE``, else ``auto``."""
-    mode = _state["mode"] or os.environ.get("QAFL_QUANT_COMPILE") or "auto"
+    mode = _state["mode"] or environment.quant_compile() or "auto"
     if mode not in MODES:
         raise ValueError(f"QAFL_QUANT_COMPILE: expected one of {', '.join(MODES)}, got {mode!r}")
     return mode
