@@ -203,6 +203,6 @@ def test_notebook_is_thin_clean_and_hand_written():
     assert "heterogeneity.runs(params" in code[k + 1].source
     import papermill
 
-    assert set(papermill.inspect_notebook(str(NB_DIR / "heterogeneity.ipynb"))) == set(_params("smoke")) | {"profile",
-                                                                                                          "output_dir"}
+    assert set(papermill.inspect_notebook(str(NB_DIR / "heterogeneity.ipynb"))) == set(_params("smoke")) | {
+        "profile", "output_dir", "backend", "address", "num_threads"}
     assert "heterogeneity" in reproduce.discover(NB_DIR)
