@@ -88,6 +88,9 @@ def test_notebook_runs_on_smoke_profile(smoke, name):
         assert tables, f"{name}: no final_accuracy in the headline"
     for _, table in tables:
         for label, stats in table.items():
+            if not isinstance(stats, dict):      # a record's own final accuracies (e.g. beside a speed-up)
+                assert stats is None or 0.0 <= stats <= 1.0, f"{name}: accuracy of {label} = {stats}"
+                continue
             assert 0.0 <= stats["mean"] <= 1.0, f"{name}: accuracy of {label} = {stats['mean']}"
             assert stats["n"] >= 1
     if name in NEEDS_FEMNIST:
