@@ -157,3 +157,13 @@ def test_bench_outside_a_checkout_is_one_line(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"qafl: error: {tmp_path / 'bench'}: no benchmarks here; qafl bench needs a source checkout "
         f"(git clone, then pip install -e .)"]
+
+
+@pytest.mark.parametrize("argv", [["data", "prepare", "femnist", "-tf", "0.8"], ["run", "--set", "lr=0.1"], ["nosuch"]])
+def test_usage_errors_are_one_line(argv, capsys):
+    """argparse's usage errors follow the suite's policy: one line naming the command, exit status 2."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qafl: error: qafl") and "--help" in err[0], err

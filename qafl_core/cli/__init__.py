@@ -39,8 +39,17 @@ class UserError(Exception):
     """An error caused by the user's input; printed without a traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the suite's error policy: a usage error is one line ``qafl: error: <command>: ...``, exit 2
+    (argparse would print the whole usage first); ``--help`` still shows it.  Subcommand parsers inherit it."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        print(f"qafl: error: {self.prog}: {_first_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qafl", description="QuAFL reproduction suite (asynchronous, quantized FL on LEAF).")
+    parser = _Parser(prog="qafl", description="QuAFL reproduction suite (asynchronous, quantized FL on LEAF).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _COMMAND_MODULES:
