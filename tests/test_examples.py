@@ -96,8 +96,9 @@ def test_notebook_is_thin_clean_and_registers_each_example():
 
 
 @pytest.mark.slow
-def test_notebook_runs(tmp_path, registered):
+def test_notebook_runs(tmp_path, registered, monkeypatch):
     papermill = pytest.importorskip("papermill")
+    monkeypatch.delenv("MPLBACKEND", raising=False)   # CI sets Agg; the kernel's inline backend shows the figure
     out = tmp_path / "extend.out.ipynb"
     papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={"time_limit": 40.0, "seeds": 1},
                                cwd=str(NOTEBOOK.parent), progress_bar=False, kernel_name="python3")
