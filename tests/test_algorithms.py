@@ -7,10 +7,9 @@ import torch
 
 from qafl_core.algorithms import FedAvg, FedBuff, QuAFL
 from qafl_core.config import RunConfig
-from qafl_core.quantize import make_quantizer
 from qafl_core.runner import build_simulation, run
 
-from engine_fakes import FakeTask, ScriptedClocks
+from engine_fakes import FakeTask, scripted_simulation
 
 
 def _cfg(**kw):
@@ -21,7 +20,7 @@ def _cfg(**kw):
 
 def _sim(cls, cfg, durations, n=2):
     task = FakeTask(n)
-    return cls(cfg, task, make_quantizer(cfg.quantizer, bits=cfg.bits, segments=task.segments), ScriptedClocks(durations)), task
+    return scripted_simulation(cls, task, durations, cfg), task
 
 
 def test_quafl_two_rounds_by_hand():

@@ -3,8 +3,6 @@ hinge staleness functions, the proximal worker, version counting on a scripted c
 (uploads decoded against the server model), checkpoints, and real runs through the runner and the CLI."""
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
@@ -12,18 +10,12 @@ from qafl_core.algorithms import FedAsync
 from qafl_core.algorithms.fedasync import mix, staleness_factor
 from qafl_core.cli import main
 from qafl_core.config import RunConfig
-from qafl_core.quantize import make_quantizer
-from qafl_core.runner import build_simulation, run
+from qafl_core.runner import run
 
-from engine_fakes import FakeTask, ScriptedClocks
+from engine_fakes import FakeTask, one_thread, resumed_pair, scripted_simulation  # noqa: F401 (a fixture)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 X, X_NEW, ALPHA = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 0.0]), 0.6
@@ -64,8 +56,7 @@ class HalfSquare(FakeTask):
 def _sim(task, durations, **kw):
     cfg = RunConfig(**{**dict(algorithm="fedasync", dataset="synthetic", clients_per_round=1, lr=0.1, sit=0.0,
                               progress=False), **kw})
-    quantizer = make_quantizer(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps, segments=task.segments)
-    return FedAsync(cfg, task, quantizer, ScriptedClocks(durations))
+    return scripted_simulation(FedAsync, task, durations, cfg)
 
 
 def test_proximal_worker_by_hand():
@@ -146,17 +137,7 @@ SYNTH = dict(algorithm="fedasync", dataset="synthetic", dataset_options={"num_ta
                                 dict(quantizer="qsgd", bits=8, fedasync_staleness="poly")])
 def test_checkpoint_is_plain_and_resumes_exactly(kw):
     cfg = RunConfig(**SYNTH, **kw)
-    a = build_simulation(cfg)
-    for _ in range(10):
-        a.step()
-    buf = io.BytesIO()
-    torch.save(a.state_dict(), buf)
-    buf.seek(0)
-    b = build_simulation(cfg)
-    b.load_state_dict(torch.load(buf, weights_only=True))
-    for _ in range(15):
-        a.step()
-        b.step()
+    a, b = resumed_pair(cfg, 10, 15)
     assert torch.equal(a.server, b.server) and torch.equal(a.clients, b.clients) and a.counters() == b.counters()
 
 

@@ -5,7 +5,6 @@ scripted clock, batched waves equal one-at-a-time training, checkpoints are plai
 from __future__ import annotations
 
 import heapq
-import io
 from collections import Counter
 
 import pytest
@@ -21,16 +20,10 @@ from qafl_core.quantize import make_quantizer
 from qafl_core.runner import build_simulation, run
 from qafl_core.timing import ClientClocks
 
-from engine_fakes import FakeTask, ScriptedClocks
+from engine_fakes import FakeTask, ScriptedClocks, one_thread, resumed_pair  # noqa: F401 (a fixture)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on one intra-op thread, as the runner runs them (on a loaded machine, 10x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PreConcurrencyFedBuff(Simulation):
@@ -235,17 +228,7 @@ def test_a_job_started_and_finished_in_one_flush_trains_from_its_download():
                                 dict(SYNTH, num_clients=6, concurrency=4)])
 def test_checkpoint_is_plain_and_resumes_exactly(kw):
     cfg = RunConfig(**kw)
-    a = build_simulation(cfg)
-    for _ in range(6):
-        a.step()
-    buf = io.BytesIO()
-    torch.save(a.state_dict(), buf)
-    buf.seek(0)
-    b = build_simulation(cfg)
-    b.load_state_dict(torch.load(buf, weights_only=True))
-    for _ in range(8):
-        a.step()
-        b.step()
+    a, b = resumed_pair(cfg, 6, 8)
     assert torch.equal(a.server, b.server) and torch.equal(a.clients, b.clients) and a.counters() == b.counters()
     assert a.jobs.queue == b.jobs.queue and a.jobs.idle == b.jobs.idle
 

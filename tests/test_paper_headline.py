@@ -71,3 +71,16 @@ def test_headline_numbers_by_hand(root):
 def test_unknown_experiment_is_an_error_naming_it():
     with pytest.raises(ValueError, match="^experiment: 'nope'"):
         ph.run_configs(SPEC, "nope")
+
+
+def test_per_run_time_to_target_is_the_analysis_one_with_ties_by_server_step():
+    # two evaluations at t = 10 (a zero-interaction-time round): the one after fewer server steps is the first,
+    # whatever the table's row order -- analysis.time_to_target's order (time, then server steps)
+    cfg = ph.run_configs(SPEC, "small")[0][2]
+    table = _table(cfg, [0.1, 0.7, 0.65, 0.9], [0.9, 0.3, 0.35, 0.1], 1e9)
+    table.loc[table.time == 20.0, "time"] = 10.0
+    rows = table.iloc[::-1].assign(label="A")                      # latest evaluation first
+    run = ph.per_run(rows, 0.6).iloc[0]
+    assert run.reached and run.time_to_target == 10.0 and run.gbits_to_target == 2.0   # server step 1, not 2
+    never = ph.per_run(rows, 0.95).iloc[0]
+    assert not never.reached and math.isnan(never.time_to_target) and math.isnan(never.gbits_to_target)

@@ -4,28 +4,20 @@ hidden-state invariant x_hat = x_hat^0 + sum q, bit accounting, checkpoints, and
 cases (QSGD T3, scalar T6, top-k) are in test_qsgd_norm.py, test_scalar.py and test_topk.py."""
 from __future__ import annotations
 
-import io
-
 import pandas as pd
 import pytest
 import torch
 
-from qafl_core.algorithms import FedBuff, QAFeL
+from qafl_core.algorithms import QAFeL
 from qafl_core.cli import main
 from qafl_core.config import RunConfig
 from qafl_core.quantize import make_quantizer
 from qafl_core.runner import build_simulation, run
-from qafl_core.timing import ClientClocks
 
-from engine_fakes import FakeTask, ScriptedClocks
+from engine_fakes import FakeTask, one_thread, resumed_pair, scripted_simulation  # noqa: F401 (a fixture)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ScriptedUpdates(FakeTask):
@@ -44,8 +36,7 @@ class ScriptedUpdates(FakeTask):
 def _qafel(task, durations, **kw):
     cfg = RunConfig(**{**dict(algorithm="qafel", dataset="synthetic", clients_per_round=1, local_steps=1, lr=1.0,
                               sit=0.0, progress=False), **kw})
-    return QAFeL(cfg, task, make_quantizer(cfg.quantizer, bits=cfg.bits, segments=task.segments),
-                 ScriptedClocks(durations))
+    return scripted_simulation(QAFeL, task, durations, cfg)
 
 
 T1_UPDATES = {0: [(1.0, 0.2), (0.2, 0.2)], 1: [(0.6, -0.4), (0.0, 0.4)]}
@@ -184,17 +175,7 @@ def test_server_quantizer_defaults_to_the_runs_and_is_validated():
                                 dict(quantizer="qsgd", bits=8, qafel_variant="naive")])
 def test_checkpoint_is_plain_and_resumes_exactly(kw):
     cfg = RunConfig(algorithm="qafel", **SYNTH, **kw)
-    a = build_simulation(cfg)
-    for _ in range(8):
-        a.step()
-    buf = io.BytesIO()
-    torch.save(a.state_dict(), buf)
-    buf.seek(0)
-    b = build_simulation(cfg)
-    b.load_state_dict(torch.load(buf, weights_only=True))
-    for _ in range(10):
-        a.step()
-        b.step()
+    a, b = resumed_pair(cfg, 8, 10)
     assert torch.equal(a.server, b.server) and torch.equal(a.hidden, b.hidden) and torch.equal(a.clients, b.clients)
     assert a.counters() == b.counters() and a.broadcast_bits == b.broadcast_bits
 

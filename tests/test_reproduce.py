@@ -63,6 +63,35 @@ def test_variants_grids_and_per_dataset_values():
         figures.base_config(choice, lr={"femnist": 0.1})
 
 
+def test_figures_forward_their_run_keys_and_extra():
+    params = {k: None for k in fig2_bits.PARAMETERS}
+    params.update(lr=0.02, model="auto", num_clients=20, clients_per_round=4, local_steps=3, lattice_eps=1e-3,
+                  slow_fraction=0.25, sit=2.0, swt=0.5, time_limit=100.0, eval_every=10.0, eval_max_samples=None,
+                  quantizer="lattice", bits=[8, 32], extra={"batch_size": 16})
+    choice = figures.DatasetChoice("synthetic", "mnist", fallback=True)
+    assert fig2_bits.base(params, choice) == {
+        "dataset": "synthetic", "dataset_options": {}, "progress": False, "lr": 0.02, "model": "auto",
+        "num_clients": 20, "clients_per_round": 4, "local_steps": 3, "lattice_eps": 1e-3, "slow_fraction": 0.25,
+        "sit": 2.0, "swt": 0.5, "time_limit": 100.0, "eval_every": 10.0, "eval_max_samples": None, "batch_size": 16}
+    assert "quantizer" not in fig2_bits.base(params, choice)          # fig. 2's quantizer is its grid's
+    assert fig3_averaging.base(params, choice)["quantizer"] == "lattice"
+    with pytest.raises(ValueError, match="extra: lr already set by a parameter"):
+        fig4_vs_fedavg.base({**params, "extra": {"lr": 1.0}}, choice)
+
+
+def test_algorithm_names_are_the_registry_labels():
+    from qafl_core.algorithms import ALGORITHMS, LABELS, register_algorithm
+
+    assert figures.ALGORITHM_NAMES is LABELS and set(LABELS) == set(ALGORITHMS)
+    assert figures.parse_variant("fedasync identity")[0] == "FedAsync 32-bit"
+    assert figures.parse_variant("qafel qsgd:8") == ("QAFeL qsgd:8", {"algorithm": "qafel", "quantizer": "qsgd", "bits": 8})
+    register_algorithm("fedavg_again", ALGORITHMS["fedavg"], label="FedAvg again")
+    try:
+        assert figures.parse_variant("fedavg_again identity")[0] == "FedAvg again 32-bit"
+    finally:
+        del ALGORITHMS["fedavg_again"], LABELS["fedavg_again"]
+
+
 def test_parse_variant_and_special_grids():
     assert figures.parse_variant("quafl lattice:12") == ("QuAFL lattice:12", {"algorithm": "quafl", "quantizer": "lattice", "bits": 12})
     assert figures.parse_variant("fedbuff identity")[1] == {"algorithm": "fedbuff", "quantizer": "identity", "bits": 32}

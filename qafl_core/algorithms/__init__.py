@@ -36,23 +36,28 @@ class _Table(dict):
 
 #: ``algorithm`` config name -> Simulation class (built with ``cls(cfg, task, quantizer, clocks)``).
 ALGORITHMS: dict[str, type] = _Table()
+#: ``algorithm`` config name -> the name figures and tables print (``"quafl"`` -> ``"QuAFL"``).
+LABELS: dict[str, str] = {}
 
 
-def register_algorithm(name: str, cls: type | str) -> None:
-    """Make ``name`` available to the ``algorithm`` config key (``qafl run --set algorithm=NAME``).
+def register_algorithm(name: str, cls: type | str, label: str | None = None) -> None:
+    """Make ``name`` available to the ``algorithm`` config key (``qafl run --set algorithm=NAME``) and to the
+    figures' variant specs (``"NAME identity"``, :func:`qafl_core.experiments.common.parse_variant`).
 
     ``cls`` is a :class:`~qafl_core.algorithms.base.Simulation` subclass (or ``"module:Class"``) whose ``step()``
-    performs one server step and advances ``self.time``; everything it must keep across a checkpoint is named
-    in its ``extra_state``.
+    performs one server step and advances ``self.time``; everything it must keep across a checkpoint is a
+    field of its ``State`` dataclass (:mod:`qafl_core.algorithms.state`).  ``label`` is the name figures print
+    (default ``name``).
     """
     ALGORITHMS[name] = cls
+    LABELS[name] = label if label is not None else name
 
 
-register_algorithm("quafl", f"{_PKG}.quafl:QuAFL")
-register_algorithm("fedavg", f"{_PKG}.fedavg:FedAvg")
-register_algorithm("fedbuff", f"{_PKG}.fedbuff:FedBuff")
-register_algorithm("fedasync", f"{_PKG}.fedasync:FedAsync")
-register_algorithm("qafel", f"{_PKG}.qafel:QAFeL")
+register_algorithm("quafl", f"{_PKG}.quafl:QuAFL", "QuAFL")
+register_algorithm("fedavg", f"{_PKG}.fedavg:FedAvg", "FedAvg")
+register_algorithm("fedbuff", f"{_PKG}.fedbuff:FedBuff", "FedBuff")
+register_algorithm("fedasync", f"{_PKG}.fedasync:FedAsync", "FedAsync")
+register_algorithm("qafel", f"{_PKG}.qafel:QAFeL", "QAFeL")
 
 _EXPORTS = {"Simulation": f"{_PKG}.base:Simulation", "QuAFL": f"{_PKG}.quafl:QuAFL", "FedAvg": f"{_PKG}.fedavg:FedAvg",
             "FedBuff": f"{_PKG}.fedbuff:FedBuff", "FedAsync": f"{_PKG}.fedasync:FedAsync", "QAFeL": f"{_PKG}.qafel:QAFeL"}
@@ -66,4 +71,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-__all__ = ["ALGORITHMS", "register_algorithm", *_EXPORTS]
+__all__ = ["ALGORITHMS", "LABELS", "register_algorithm", *_EXPORTS]

@@ -110,9 +110,11 @@ def final(df: pd.DataFrame, metric: str = "accuracy", split: str = "test", by: S
 
 def time_to_target(df: pd.DataFrame, target: float, metric: str = "accuracy", split: str = "test",
                    by: Sequence[str] = ("label",), higher_is_better: bool = True) -> pd.DataFrame:
-    """First evaluation at which each run reaches ``target``: simulated time, Mbit sent, server steps.
+    """First evaluation at which each run reaches ``target``: simulated time, bits and Mbit sent, server steps.
 
-    Runs that never reach it get NaN (and ``reached = False``) — never a made-up number.
+    The evaluations of a run are taken in order of (time, server steps), so that of two evaluations at the same
+    simulated time the earlier step counts.  Runs that never reach it get NaN (and ``reached = False``) — never a
+    made-up number.
     """
     rows = select(df, metric, split).sort_values(["time", "server_steps"])
     out = []
@@ -122,7 +124,8 @@ def time_to_target(df: pd.DataFrame, target: float, metric: str = "accuracy", sp
         rec.update(seed=run["seed"].iloc[0], reached=not hit.empty)
         first = hit.iloc[0] if not hit.empty else None
         rec["time"] = float(first["time"]) if first is not None else math.nan
-        rec["mbit"] = float(first["bits_up"] + first["bits_down"]) / 1e6 if first is not None else math.nan
+        rec["bits"] = float(first["bits_up"] + first["bits_down"]) if first is not None else math.nan
+        rec["mbit"] = rec["bits"] / 1e6
         rec["server_steps"] = float(first["server_steps"]) if first is not None else math.nan
         out.append(rec)
     return pd.DataFrame(out)

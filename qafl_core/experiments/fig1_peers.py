@@ -20,6 +20,9 @@ SUBJECTS = ("celeba", "femnist")
 PARAMETERS = ("dataset", "fallback_dataset", "dataset_options", "model", "seeds", "num_clients", "peers",
               "local_steps", "quantizer", "bits", "lattice_eps", "slow_fraction", "sit", "swt", "lr", "time_limit",
               "eval_every", "eval_max_samples", "target_accuracy", "target_fraction", "extra")
+#: the parameters passed on unchanged as the config keys of every run
+RUN_KEYS = ("lr", "model", "num_clients", "local_steps", "quantizer", "bits", "lattice_eps", "slow_fraction", "sit",
+            "swt", "time_limit", "eval_every", "eval_max_samples")
 
 
 def choices(params: Mapping[str, Any]) -> list[common.DatasetChoice]:
@@ -28,13 +31,8 @@ def choices(params: Mapping[str, Any]) -> list[common.DatasetChoice]:
 
 
 def base(params: Mapping[str, Any], choice: common.DatasetChoice) -> dict[str, Any]:
-    """The config keys shared by every run of the figure."""
-    p = params
-    return common.base_config(choice, lr=p["lr"], model=p["model"], num_clients=p["num_clients"],
-                              local_steps=p["local_steps"], quantizer=p["quantizer"], bits=p["bits"],
-                              lattice_eps=p["lattice_eps"], slow_fraction=p["slow_fraction"], sit=p["sit"], swt=p["swt"],
-                              time_limit=p["time_limit"], eval_every=p["eval_every"],
-                              eval_max_samples=p["eval_max_samples"], **p["extra"])
+    """The config keys shared by every run of the figure: :data:`RUN_KEYS` and ``extra``."""
+    return common.figure_base(params, choice, RUN_KEYS)
 
 
 def grid(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

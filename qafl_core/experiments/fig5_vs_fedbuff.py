@@ -18,6 +18,9 @@ NAME = "fig5_vs_fedbuff"
 PARAMETERS = ("datasets", "fallback_dataset", "dataset_options", "model", "variants", "seeds", "num_clients",
               "clients_per_round", "local_steps", "batch_size", "lattice_eps", "slow_fraction", "sit", "swt", "lr",
               "time_limit", "eval_every", "eval_max_samples", "target_accuracy", "target_fraction", "extra")
+#: the parameters passed on unchanged as the config keys of every run (per-dataset mappings allowed)
+RUN_KEYS = ("lr", "model", "num_clients", "clients_per_round", "local_steps", "batch_size", "lattice_eps",
+            "slow_fraction", "sit", "swt", "time_limit", "eval_every", "eval_max_samples")
 
 
 def choices(params: Mapping[str, Any]) -> list[common.DatasetChoice]:
@@ -29,12 +32,7 @@ def choices(params: Mapping[str, Any]) -> list[common.DatasetChoice]:
 def runs(params: Mapping[str, Any]) -> list[common.Run]:
     """For each dataset, each variant x each seed (:func:`qafl_core.experiments.common.comparison_runs`)."""
     p = params
-    return common.comparison_runs(choices(p), p["variants"], p["seeds"], lr=p["lr"], model=p["model"],
-                                  num_clients=p["num_clients"], clients_per_round=p["clients_per_round"],
-                                  local_steps=p["local_steps"], batch_size=p["batch_size"],
-                                  lattice_eps=p["lattice_eps"], slow_fraction=p["slow_fraction"], sit=p["sit"],
-                                  swt=p["swt"], time_limit=p["time_limit"], eval_every=p["eval_every"],
-                                  eval_max_samples=p["eval_max_samples"], **p["extra"])
+    return common.comparison_runs(choices(p), p["variants"], p["seeds"], **common.forwarded(p, RUN_KEYS))
 
 
 def plot(results: pd.DataFrame, params: Mapping[str, Any]):

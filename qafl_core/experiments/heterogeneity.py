@@ -85,8 +85,7 @@ def runs(params: Mapping[str, Any], data: common.DatasetChoice | None = None) ->
             raise ValueError(f"{name}: expected distinct values, got {params[name]!r}")
     if min(ratios) < 1:
         raise ValueError(f"speed_ratios: slow/fast mean step-time ratios must be >= 1, got {params['speed_ratios']!r}")
-    keys = {k: params[k] for k in BASE_KEYS if k in params}
-    base = common.base_config(data, **keys, **dict(params.get("extra") or {}))
+    base = common.base_config(data, **common.forwarded(params, [k for k in BASE_KEYS if k in params]))
     fast = float(base.get("fast_mean", 2.0))
     grid: dict[str, dict[str, Any]] = {}
     for alpha in alphas:

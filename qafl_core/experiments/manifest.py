@@ -109,7 +109,7 @@ def write_metrics(output_dir: str | os.PathLike, figure: str, headline: Mapping[
         profile: the parameter profile (``smoke``, ``paper``; ``interactive`` when run by hand).
         files: the figure files written.
         runs: per run, its provenance (``config_hash``, ``identity``, ``git_commit``, ``code_fingerprint``,
-            ``data_fingerprint``, ``cached``; see :func:`qafl_core.runner.load_or_run`), in run order.
+            ``data_fingerprint``, ``cached``; see :func:`qafl_core.cache.load_or_run`), in run order.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
