@@ -11,14 +11,24 @@ The round is FedAvg's (:class:`qafl_core.algorithms.FedAvg`); only the server up
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from qafl_core.algorithms.fedavg import FedAvg
+from qafl_core.algorithms.state import ClientModelsState
+
+
+@dataclass
+class FedAvgMomentumState(ClientModelsState):
+    """FedAvg's state and the server momentum: what a checkpoint of this algorithm holds."""
+
+    momentum: torch.Tensor
 
 
 class FedAvgMomentum(FedAvg):
     name = "fedavg_momentum"
-    extra_state = FedAvg.extra_state + ("momentum",)  # checkpointed with the rest of the simulation state
+    State = FedAvgMomentumState  # checkpointed: every field, read from the attribute of the same name
     beta = 0.9  # server momentum
 
     def __init__(self, cfg, task, quantizer, clocks):

@@ -1,7 +1,7 @@
 """Run many independent simulations: sequentially here, or as Ray tasks on a local or remote cluster.
 
 Paper reproductions are grids of independent runs (configs x seeds).  Every run goes through
-:func:`qafl_core.runner.load_or_run`, so results are cached by run identity (config, data and code
+:func:`qafl_core.cache.load_or_run`, so results are cached by run identity (config, data and code
 fingerprints), verified on every read and locked while computed (two sweeps sharing a cache compute each
 run once), and a rerun after a crash only computes what is missing.  A run's results depend only on its config (one root seed drives every
 random stream, :mod:`qafl_core.rng`; no global RNG state), so the Ray backend returns exactly what the
@@ -28,8 +28,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from qafl_core.cache import load_or_run
 from qafl_core.config import RunConfig
-from qafl_core.runner import COLUMNS, load_or_run
+from qafl_core.runner import COLUMNS
 
 log = logging.getLogger("qafl")
 
@@ -55,7 +56,7 @@ def run_many(configs: Sequence[RunConfig | Mapping[str, Any]], backend: str = "l
 
     Returns:
         One long-format results table per config (:data:`qafl_core.runner.COLUMNS`) carrying
-        ``attrs["provenance"]`` (see :func:`qafl_core.runner.load_or_run`); failed runs get a one-row
+        ``attrs["provenance"]`` (see :func:`qafl_core.cache.load_or_run`); failed runs get a one-row
         ``failed`` table carrying ``attrs["error"]``.
 
     Raises:

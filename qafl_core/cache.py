@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from qafl_core import environment, fingerprint, store
+from qafl_core import checkpoint, environment, fingerprint, runner, store
 from qafl_core.config import RunConfig
 
 
@@ -69,8 +69,6 @@ def load_or_run(config: RunConfig | Mapping[str, Any], cache_dir: str | os.PathL
         The results table, with ``df.attrs["provenance"]``: identity, config_hash, data_fingerprint,
         code_fingerprint, git_commit (of the code that computed it) and ``cached`` (served from the cache).
     """
-    from qafl_core import runner
-
     cfg = runner.as_config({**(config.to_dict() if isinstance(config, RunConfig) else dict(config)), **overrides})
     ident = fingerprint.run_identity(cfg)
     entry = cache_entry(ident, cache_dir)
@@ -99,18 +97,18 @@ def load_or_run(config: RunConfig | Mapping[str, Any], cache_dir: str | os.PathL
             if waited:
                 store.notice(f"{entry}: finished by the other process; using its results")
             return _with_provenance(*found, ident, cached=True)
-        ckpt = entry / runner.CHECKPOINT
-        state = None
+        ckpt = entry / checkpoint.FILE
+        state, sim = None, runner.build_simulation(cfg)
         if cfg.checkpoint_every and ckpt.exists():
             try:
-                state = runner._load_checkpoint(ckpt, cfg, ident)
+                state = checkpoint.load(ckpt, ident, sim.State)
             except ValueError as exc:
                 if ": refused:" in str(exc):
                     raise
                 store.notice(f"{exc}; starting the run over")
         if problem is not None:
             store.notice(f"{problem}; {'resuming it from its checkpoint' if state else 'computing it again'}")
-        df = runner._execute(cfg, runner.build_simulation(cfg), entry, ident, state, cfg.checkpoint_every)
+        df = runner._execute(cfg, sim, entry, ident, state, cfg.checkpoint_every)
         # a finished cached run is served from results.csv; its checkpoint is dead weight (2.7 GB for 105 CNN clients)
         ckpt.unlink(missing_ok=True)
         record = json.loads((entry / store.RECORD).read_text())

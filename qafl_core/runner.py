@@ -9,19 +9,19 @@ each client's accuracy and loss: ``accuracy_p10`` ... ``loss_p90``),
 
 A run with an output directory writes, through :mod:`qafl_core.store` (atomically, under the directory's
 lock): ``config.json`` (after validation), ``results.csv`` and, last, its completion record ``done.json``.
-With ``checkpoint_every`` it also keeps ``checkpoint.pt``: the whole simulation state — models, clocks,
-every generator state and the results so far, as tensors and plain containers — and the run identity
-(:mod:`qafl_core.fingerprint`), so that ``resume=True`` continues bit for bit, and only the same run.
+With ``checkpoint_every`` it also keeps ``checkpoint.pt`` (:mod:`qafl_core.checkpoint`): the whole simulation
+state — models, clocks, every generator state (:mod:`qafl_core.algorithms.state`) — and the results so far, as
+tensors and plain containers, with the run identity (:mod:`qafl_core.fingerprint`), so that ``resume=True``
+continues bit for bit, and only the same run.
 
-The run cache (:func:`load_or_run`: verified results keyed by the run identity) is in :mod:`qafl_core.cache`.  This module is longer than
-most (~380 lines) because the loop, its checkpoints and its interruption handling belong together.
+The dataset of a run is built by :func:`qafl_core.data.build.build_dataset`; the run cache
+(:func:`qafl_core.cache.load_or_run`: verified results keyed by the run identity) is in :mod:`qafl_core.cache`.
+This module is longer than most (~300 lines) because the loop, its checkpoints and its interruption handling
+belong together.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
@@ -31,93 +31,18 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
-from qafl_core import fingerprint, store
+from qafl_core import checkpoint, fingerprint, store
 from qafl_core.config import RunConfig
+from qafl_core.data.build import build_dataset
 from qafl_core.limits import check_memory
 
 log = logging.getLogger("qafl")
 
 COLUMNS = ["algorithm", "dataset", "model", "seed", "quantizer", "bits", "clients_per_round", "num_clients",
            "time", "server_steps", "local_steps", "bits_up", "bits_down", "split", "metric", "value", "config_hash"]
-CHECKPOINT_VERSION = 2
-CHECKPOINT = "checkpoint.pt"
 
 
 # ---------------------------------------------------------------------- building blocks
-_LOADED: collections.OrderedDict = collections.OrderedDict()
-
-
-def _load_dataset_cached(name: str, root: str | None, options_json: str):
-    """The loaded dataset, kept for the process (8 most recent), keyed also by the stat of its source
-    files: changed files are loaded again, so a run never trains on data other than what it is filed under."""
-    from qafl_core.data.registry import load_dataset
-
-    sources = json.dumps(fingerprint.data_sources(name, root, json.loads(options_json)), sort_keys=True)
-    key = (name, root, options_json, hashlib.sha256(sources.encode()).hexdigest())
-    if key not in _LOADED:
-        _LOADED[key] = load_dataset(name, root=root, **json.loads(options_json))
-        while len(_LOADED) > 8:
-            _LOADED.popitem(last=False)
-    _LOADED.move_to_end(key)
-    return _LOADED[key]
-
-
-def build_dataset(cfg: RunConfig):
-    """The federated dataset of ``cfg``, restricted to ``num_clients`` clients where asked.
-
-    Three options are handled here rather than by the loaders: ``subset_seed`` (which clients a smaller
-    ``num_clients`` keeps; default 0, independent of the run seed), ``partition_seed`` (the stream of an
-    ``iid``/``dirichlet`` partition; default ``subset_seed``) and ``pool: true``, which merges the
-    (selected) clients into one node holding all their data — the paper's single-node "Baseline".
-    ``cfg.partition`` (:mod:`qafl_core.data.partition`) re-deals the samples: on LEAF datasets the selected
-    clients' samples go to as many new clients; on the vision datasets (loaded as one shard) the whole
-    training and test sets go to ``num_clients`` clients (default 100).
-
-    Only the config keys in :data:`qafl_core.fingerprint.DATA_KEYS` are visible here (any other raises
-    AttributeError): the data fingerprint is cached under those keys, so a new key that changes the data
-    must be added there.
-    """
-    from qafl_core.data.partition import repartition
-
-    cfg = fingerprint.data_view(cfg)
-    opts = dict(cfg.dataset_options)
-    subset_seed = _int_option(opts.pop("subset_seed", 0), "subset_seed")
-    partition_seed = _int_option(opts.pop("partition_seed", subset_seed), "partition_seed")
-    pool = opts.pop("pool", False)
-    if not isinstance(pool, bool):
-        raise ValueError(f"dataset_options.pool: expected true/false, got {pool!r}")
-    vision = cfg.dataset in ("fmnist", "mnist", "cifar10")
-    scheme = cfg.partition or ("iid" if vision else "natural")
-    if vision and scheme == "natural":
-        raise ValueError(f"partition: {cfg.dataset} has no natural client partition; use iid or dirichlet")
-    if vision:
-        n_vision = cfg.num_clients or opts.get("num_clients") or 100
-        opts.setdefault("num_clients", n_vision)
-        opts.setdefault("seed", subset_seed)
-        if scheme != "iid":  # one shard holding every sample (nothing dropped), re-dealt below
-            opts["num_clients"] = 1
-    ds = _load_dataset_cached(cfg.dataset, cfg.data_root, json.dumps(opts, sort_keys=True))
-    if vision and scheme != "iid":
-        ds = repartition(ds, scheme, n_vision, cfg.dirichlet_alpha, partition_seed)
-    if cfg.num_clients is not None and cfg.num_clients != ds.num_clients:
-        if cfg.num_clients > ds.num_clients:
-            raise ValueError(f"num_clients: {cfg.num_clients} requested but dataset {cfg.dataset!r} has only "
-                             f"{ds.num_clients} clients")
-        from qafl_core.rng import torch_generator
-
-        idx = torch.randperm(ds.num_clients, generator=torch_generator(subset_seed, "client_subset"))[: cfg.num_clients]
-        ds = ds.subset(sorted(idx.tolist()))
-    if not vision:
-        ds = repartition(ds, scheme, ds.num_clients, cfg.dirichlet_alpha, partition_seed)
-    return ds.pooled() if pool else ds
-
-
-def _int_option(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"dataset_options.{name}: expected an integer >= 0, got {value!r}")
-    return value
-
-
 def model_name(cfg: RunConfig) -> str:
     """The model a config trains: ``cfg.model``, with ``auto`` resolved to the dataset's default."""
     if cfg.dataset == "quadratic":
@@ -253,12 +178,12 @@ def run(config: RunConfig | Mapping[str, Any], out_dir: str | os.PathLike | None
     if out is None:
         return _execute(cfg, sim, None, None, None, every)
     ident = fingerprint.run_identity(cfg)
-    ckpt = out / CHECKPOINT
+    ckpt = out / checkpoint.FILE
     seen = _stat(ckpt) if resume else None
-    state = _load_checkpoint(ckpt, cfg, ident) if resume else None
+    state = checkpoint.load(ckpt, ident, sim.State) if resume else None
     with store.DirLock(out).acquire(wait=0):
         if resume and _stat(ckpt) != seen:  # replaced between our read and the lock: read it again
-            state = _load_checkpoint(ckpt, cfg, ident)
+            state = checkpoint.load(ckpt, ident, sim.State)
         return _execute(cfg, sim, out, ident, state, every)
 
 
@@ -270,7 +195,8 @@ def _stat(path: Path) -> tuple | None:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _execute(cfg: RunConfig, sim, out: Path | None, ident, state: dict | None, every: float | None) -> pd.DataFrame:
+def _execute(cfg: RunConfig, sim, out: Path | None, ident, state: checkpoint.Checkpoint | None,
+             every: float | None) -> pd.DataFrame:
     """The run itself, with ``out`` (if any) locked by the caller."""
     if out is not None:
         store.unfinish(out)  # from here on the directory's results are being replaced
@@ -292,16 +218,17 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _loop(cfg: RunConfig, sim, out: Path | None, ident, state: dict | None, every: float | None) -> pd.DataFrame:
+def _loop(cfg: RunConfig, sim, out: Path | None, ident, state: checkpoint.Checkpoint | None,
+          every: float | None) -> pd.DataFrame:
     from qafl_core.local import Diverged
 
     rec = _Recorder(cfg, sim.n)
     next_eval, next_ckpt = 0.0, every
     if state is not None:
-        sim.load_state_dict(state["sim"])
-        rec.rows = list(state["rows"])
+        state.sim.restore(sim)
+        rec.rows = list(state.rows)
         rec.committed = len(rec.rows)
-        next_eval, next_ckpt = state["next_eval"], state["next_ckpt"]
+        next_eval, next_ckpt = state.next_eval, state.next_ckpt
 
     bar = _progress(cfg)
     shown, status = 0.0, "ok"
@@ -322,7 +249,9 @@ def _loop(cfg: RunConfig, sim, out: Path | None, ident, state: dict | None, ever
             if every and sim.time >= next_ckpt:
                 while next_ckpt <= sim.time:
                     next_ckpt += every
-                _save_checkpoint(out / CHECKPOINT, cfg, sim, rec, next_eval, next_ckpt, ident)
+                checkpoint.save(out / checkpoint.FILE, checkpoint.Checkpoint(
+                    **ident.to_dict(), algorithm=cfg.algorithm, sim=sim.state(), rows=rec.rows, next_eval=next_eval,
+                    next_ckpt=next_ckpt))
             try:
                 sim.step()
                 if not bool(torch.isfinite(sim.server).all()):
@@ -398,49 +327,3 @@ def _progress(cfg: RunConfig):
 
     return tqdm(total=cfg.time_limit, desc=f"{cfg.algorithm} {cfg.dataset} seed={cfg.seed}", unit="t",
                 bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} sim-time [{elapsed}<{remaining}]", leave=False)
-
-
-# ---------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, cfg: RunConfig, sim, rec: _Recorder, next_eval: float, next_ckpt: float,
-                     ident) -> None:
-    state = {"version": CHECKPOINT_VERSION, **ident.to_dict(), "algorithm": cfg.algorithm,
-             "sim": sim.state_dict(), "rows": rec.rows, "next_eval": next_eval, "next_ckpt": next_ckpt}
-    store.atomic_save_tensors(path, state)
-
-
-def _load_checkpoint(path: Path, cfg: RunConfig, ident) -> dict:
-    """The checkpoint at ``path``, checked to belong to the run ``ident`` (ValueError naming the file if not)."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from (run with --checkpoint-every first)")
-    state = store.load_tensors(path, "checkpoint")
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: not a checkpoint of this version of the suite")
-    other = []
-    if state.get("config_hash") != ident.config_hash:
-        other.append(f"config {state.get('config_hash')}, not for this config {ident.config_hash}")
-    if state.get("data_fingerprint") != ident.data_fingerprint:
-        other.append(f"other data (data fingerprint {str(state.get('data_fingerprint'))[:16]}, this run's "
-                     f"{ident.data_fingerprint[:16]}: another data_root or changed data files)")
-    if state.get("code_fingerprint") != ident.code_fingerprint:
-        other.append(f"other code (code fingerprint {str(state.get('code_fingerprint'))[:16]}, this code's "
-                     f"{ident.code_fingerprint[:16]})")
-    if other:
-        raise ValueError(f"{path}: checkpoint was written for {'; and for '.join(other)}; use the same config, "
-                         f"data and code, or another output directory")
-    return state
-
-
-# ---------------------------------------------------------------------- cache (qafl_core.cache)
-def load_or_run(config: RunConfig | Mapping[str, Any], cache_dir: str | os.PathLike | None = None,
-                **overrides: Any) -> pd.DataFrame:
-    """See :func:`qafl_core.cache.load_or_run` (kept here: every caller imports it from the runner)."""
-    from qafl_core.cache import load_or_run as _load_or_run
-
-    return _load_or_run(config, cache_dir, **overrides)
-
-
-def default_cache_dir() -> Path:
-    """See :func:`qafl_core.cache.default_cache_dir`."""
-    from qafl_core.cache import default_cache_dir as _default
-
-    return _default()

@@ -85,7 +85,6 @@ class SpeedCorrection:
             self._fixed = self._estimated_factors()
         elif self.mode in ("lr", "normalized"):
             sim.speed_state = {"steps": [0] * sim.n, "contacts": [0] * sim.n, "pending": [], "round": 0}
-            sim.extra_state = (*type(sim).extra_state, "speed_state")
 
     # ------------------------------------------------------------------ realised progress
     def steps_per_contact(self) -> list[float]:

@@ -16,8 +16,6 @@ MAX_LINES = 250
 #: Cycles left in modules this test's author could not change; each is to be broken by the modules' owners.
 KNOWN_CYCLES = {
     frozenset({"qafl_core.local", "qafl_core.batched"}): "Task <-> batched SGD: to become one tasks module",
-    frozenset({"qafl_core.runner", "qafl_core.cache", "qafl_core.archive", "qafl_core.fingerprint"}):
-        "runner <-> cache (load_or_run re-exported by runner) and fingerprint -> runner.build_dataset",
 }
 #: Modules other than :mod:`qafl_core.environment` that still read ``os.environ``, to be moved onto it.
 KNOWN_ENV_READERS = {

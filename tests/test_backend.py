@@ -75,13 +75,13 @@ def test_missing_ray_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_sweep_with_checkpoints_gives_the_same_tables(tmp_path, capsys, monkeypatch):
-    import qafl_core.runner as runner
+    from qafl_core import checkpoint
 
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(SWEEP_YAML)
     common = ["sweep", "--config", str(cfg), "--seeds", "2"]
-    saved, real_save = [], runner._save_checkpoint
-    monkeypatch.setattr(runner, "_save_checkpoint", lambda path, *a: saved.append(path) or real_save(path, *a))
+    saved, real_save = [], checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda path, *a: saved.append(path) or real_save(path, *a))
     assert main(common + ["--out", str(tmp_path / "plain")]) == 0
     assert not saved
     assert main(common + ["--checkpoint-every", "10", "--out", str(tmp_path / "ckpt")]) == 0

@@ -92,15 +92,15 @@ def test_same_bytes_share_a_fingerprint_relabelled_data_does_not(tmp_path):
 
 
 def test_disk_cache_is_used_and_never_stale(tmp_path, monkeypatch):
-    import qafl_core.runner as runner
+    from qafl_core.data import build
 
     root = leaf_sample(tmp_path / "a")
     cfg = RunConfig(dataset="femnist", model="logreg", data_root=str(root))
     first = fingerprint.dataset_fingerprint(cfg)
     assert len(list((tmp_path / "cache" / "fingerprints").glob("*.json"))) == 1
     loads = []
-    real = runner.build_dataset
-    monkeypatch.setattr(runner, "build_dataset", lambda c: loads.append(c) or real(c))
+    real = build.build_dataset
+    monkeypatch.setattr(build, "build_dataset", lambda c: loads.append(c) or real(c))
     monkeypatch.setattr(fingerprint, "_MEMO", {})                 # a new process: only the disk cache
     assert fingerprint.dataset_fingerprint(cfg) == first and loads == []
     # rewrite one file with other labels: the key changes, the fingerprint is computed again from the data

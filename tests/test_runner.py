@@ -23,7 +23,8 @@ import torch
 from qafl_core.cache import cache_entry
 from qafl_core.cli import main
 from qafl_core.fingerprint import run_identity
-from qafl_core.runner import load_or_run, run
+from qafl_core.cache import load_or_run
+from qafl_core.runner import run
 from qafl_core.config import config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,7 +270,7 @@ def test_cli_process_exit_status_and_no_traceback(tmp_path, capsys, checkpointed
 def test_load_or_run_continues_an_interrupted_cached_run(tmp_path, monkeypatch):
     """Batches (run_many, qafl sweep) go through load_or_run: with checkpoint_every set, a run interrupted
     in the cache continues from its checkpoint instead of starting over."""
-    import qafl_core.runner as runner
+    from qafl_core import checkpoint
 
     cfg = config_from_args(None, SMALL).replace(progress=False, checkpoint_every=5.0)
     ref = run(cfg.replace(checkpoint_every=None))
@@ -285,8 +286,8 @@ def test_load_or_run_continues_an_interrupted_cached_run(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         load_or_run(cfg, cache_dir=tmp_path)
     monkeypatch.setattr(torch, "save", real_save)
-    loaded, real_load = [], runner._load_checkpoint
-    monkeypatch.setattr(runner, "_load_checkpoint", lambda path, *a: loaded.append(path) or real_load(path, *a))
+    loaded, real_load = [], checkpoint.load
+    monkeypatch.setattr(checkpoint, "load", lambda path, *a: loaded.append(path) or real_load(path, *a))
     got = load_or_run(cfg, cache_dir=tmp_path)
     entry = cache_entry(run_identity(cfg), tmp_path)
     assert loaded == [entry / "checkpoint.pt"]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import qafl_core.runner as runner
-from qafl_core import fingerprint, store
+from qafl_core import checkpoint, fingerprint, store
 from qafl_core.experiments import common as figures
 from qafl_core.cache import cache_entry, load_or_run
 from qafl_core.cli import main
@@ -68,7 +68,7 @@ class Payload:
 
 def _plant(path: Path, marker: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"version": runner.CHECKPOINT_VERSION, "payload": Payload(marker)}, path)
+    torch.save({"version": checkpoint.VERSION, "payload": Payload(marker)}, path)
 
 
 def test_the_planted_payload_is_live(tmp_path):
@@ -234,7 +234,7 @@ def test_array_pickles_admit_numpy_arrays_only(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("algorithm", ["quafl", "fedavg", "fedbuff"])
+@pytest.mark.parametrize("algorithm", ["quafl", "fedavg", "fedbuff", "fedasync", "qafel"])
 @pytest.mark.parametrize("dataset", ["quadratic", "synthetic"])
 def test_simulation_state_is_plain_data(algorithm, dataset):
     cfg = QUAD.replace(algorithm=algorithm, dataset=dataset, num_clients=None if dataset == "synthetic" else 6,

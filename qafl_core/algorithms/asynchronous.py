@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from qafl_core.algorithms.base import Simulation, vector_ops_on_one_thread
+from qafl_core.algorithms.state import AsyncState
 from qafl_core.rng import torch_generator
 
 
@@ -112,7 +113,7 @@ class AsyncSimulation(Simulation):
     :meth:`train` may be overridden (FedAsync's proximal term).
     """
 
-    extra_state = ("clients",)
+    State = AsyncState
     #: start the job of the arrival that completes a server step before the step (from the old model)
     dispatch_before_step = False
 
@@ -208,13 +209,3 @@ class AsyncSimulation(Simulation):
     def download(self, client: int) -> None:  # pragma: no cover - abstract
         """Client ``client`` receives the start model of the job just started for it."""
         raise NotImplementedError
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["jobs"] = self.jobs.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.jobs.load_state_dict(state["jobs"])

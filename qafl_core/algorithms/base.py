@@ -1,4 +1,4 @@
-"""What every simulated algorithm shares: the server clock, counters, messages and checkpoint state.
+"""What every simulated algorithm shares: the server clock, counters, messages and its state (a checkpoint).
 
 An algorithm is a :class:`Simulation` whose :meth:`step` performs one *server step* (a QuAFL round,
 a FedAvg round, a FedBuff buffer flush) and advances the simulated clock.  The runner owns the loop,
@@ -9,10 +9,11 @@ per-client mini-batches and one generator per quantized message.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
+from qafl_core.algorithms.state import SimulationState
 from qafl_core.channel import Channel
 from qafl_core.config import RunConfig
 from qafl_core.local import Task
@@ -49,8 +50,8 @@ class Simulation:
     """Base class: state and bookkeeping common to QuAFL, FedAvg and FedBuff."""
 
     name = "base"
-    #: attributes saved in checkpoints besides the common ones
-    extra_state: tuple[str, ...] = ()
+    #: everything the simulation carries across a checkpoint: a dataclass of fields named after its attributes
+    State: ClassVar[type[SimulationState]] = SimulationState
 
     def __init__(self, cfg: RunConfig, task: Task, quantizer, clocks: ClientClocks):
         if isinstance(quantizer, IdentityQuantizer) and quantizer.copy:
@@ -185,26 +186,19 @@ class Simulation:
         return out
 
     # ------------------------------------------------------------------ checkpoints
-    _common_state = ("server", "time", "server_steps", "local_steps", "bits_up", "bits_down", "decode_failures",
-                     "failed_messages", "contacts", "zero_step_contacts", "steps_by_class")
+    def state(self) -> SimulationState:
+        """The simulation's state now, as its :attr:`State` (:mod:`qafl_core.algorithms.state`)."""
+        return self.State.of(self)
 
     def state_dict(self) -> dict[str, Any]:
         """The whole simulation state as tensors and plain containers only (generator states are uint8
         tensors; no sets, no custom classes): checkpoints are loaded with pickle disabled
         (:func:`qafl_core.store.check_plain` refuses anything else when the checkpoint is written)."""
-        state = {k: getattr(self, k) for k in self._common_state + self.extra_state}
-        state["sampler"] = self.sampler.get_state()
-        state["clocks"] = self.clocks.state_dict()
-        state["task"] = self.task.state_dict()
-        return state
+        return self.state().to_plain()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k in self._common_state + self.extra_state:
-            v = state[k]    # checkpoints are read onto the CPU (qafl_core.store.load_tensors): back to the run's device
-            setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-        self.sampler.set_state(state["sampler"])
-        self.clocks.load_state_dict(state["clocks"])
-        self.task.load_state_dict(state["task"])
+        """Continue from :meth:`state_dict` output (a ValueError names missing or unknown fields)."""
+        self.State.from_plain(state).restore(self)
 
 
 class _Threads:

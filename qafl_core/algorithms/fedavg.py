@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 
 from qafl_core.algorithms.base import Simulation, vector_ops_on_one_thread
+from qafl_core.algorithms.state import ClientModelsState
 
 
 class FedAvg(Simulation):
     name = "fedavg"
-    extra_state = ("clients",)
+    State = ClientModelsState
 
     def __init__(self, cfg, task, quantizer, clocks):
         super().__init__(cfg, task, quantizer, clocks)

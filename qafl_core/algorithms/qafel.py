@@ -36,12 +36,13 @@ from __future__ import annotations
 import torch
 
 from qafl_core.algorithms.fedbuff import FedBuff
+from qafl_core.algorithms.state import QAFeLState
 from qafl_core.quantize import IdentityQuantizer, make_quantizer
 
 
 class QAFeL(FedBuff):
     name = "qafel"
-    extra_state = FedBuff.extra_state + ("hidden", "broadcast_bits")
+    State = QAFeLState
 
     def __init__(self, cfg, task, quantizer, clocks):
         super().__init__(cfg, task, quantizer, clocks)

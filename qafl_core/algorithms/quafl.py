@@ -27,13 +27,14 @@ from __future__ import annotations
 import torch
 
 from qafl_core.algorithms.base import Simulation, vector_ops_on_one_thread
+from qafl_core.algorithms.state import QuAFLState
 from qafl_core.speed import make_speed_correction
 from qafl_core.timing import lazy_progress
 
 
 class QuAFL(Simulation):
     name = "quafl"
-    extra_state = ("clients", "base", "client_time", "next_duration")
+    State = QuAFLState
 
     def __init__(self, cfg, task, quantizer, clocks):
         super().__init__(cfg, task, quantizer, clocks)
@@ -47,6 +48,7 @@ class QuAFL(Simulation):
         self.next_duration = [clocks.draw(i) for i in range(self.n)]
         scale = (s + 1) / s if (cfg.client_lr_scaling and cfg.server_averaging) else 1.0
         self.client_lr = [cfg.lr * scale] * self.n
+        self.speed_state = None  # the running estimates of a realised-progress speed correction, if any
         self.speed = make_speed_correction(self)  # speed_correction: none = factors 1, nothing changed
 
     def _completed_steps(self, i: int, now: float) -> int:

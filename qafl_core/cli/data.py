@@ -83,7 +83,7 @@ def describe(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace, options: dict[str, Any]):
-    """Load, then re-partition as ``runner.build_dataset`` does (vision: one shard, re-dealt)."""
+    """Load, then re-partition as ``qafl_core.data.build.build_dataset`` does (vision: one shard, re-dealt)."""
     scheme = args.partition
     vision = DATASETS.get(args.name, {}).get("partition", "natural") == "iid"  # loaded as shards, re-dealt
     if args.dirichlet_alpha is not None and scheme != "dirichlet":
