@@ -47,6 +47,33 @@ def test_choose_dataset_uses_femnist_when_present(monkeypatch, tmp_path):
     assert figures.choose_dataset("femnist").fallback
 
 
+
+#: the smoke notebooks whose FEMNIST/CelebA subject falls back to embedded data without QAFL_DATA_DIR
+_FALLBACK_SMOKE = ("fig1_peers", "fig3_averaging", "fig4_vs_fedavg", "fig5_vs_fedbuff", "tab1_time_to_accuracy")
+
+
+@pytest.mark.parametrize("name", _FALLBACK_SMOKE)
+def test_smoke_fallback_is_the_learnable_synthetic_and_real_data_runs_are_untouched(name, monkeypatch, tmp_path):
+    """The main job (no QAFL_DATA_DIR) runs these figures on LEAF Synthetic's learnable preset, where every method
+    learns; with FEMNIST present the same profile builds exactly the runs it built with no Synthetic options."""
+    import yaml
+
+    from qafl_core.experiments import figure
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "notebooks" / "params" / f"{name}.smoke.yaml").read_text())
+    module = figure(name)
+    monkeypatch.delenv("QAFL_DATA_DIR", raising=False)
+    synthetic = [r.config for r in module.runs(params) if r.config.dataset == "synthetic"]
+    assert synthetic and all(c.dataset_options.get("preset") == "learnable" for c in synthetic)   # (+ pool for the single node)
+    for sample in ("slz-ai__leaf-torch", "other"):   # a default sample and a second one (merge needs any)
+        (tmp_path / "femnist" / sample / "train").mkdir(parents=True)
+        (tmp_path / "femnist" / sample / "test").mkdir()
+    monkeypatch.setenv("QAFL_DATA_DIR", str(tmp_path))
+    without = {**params, "dataset_options": {k: v for k, v in params["dataset_options"].items() if k != "synthetic"}}
+    real = figures.config_hashes(module.runs(params))
+    assert "synthetic" not in {c.name for c in module.choices(params)}
+    assert real == figures.config_hashes(module.runs(without))
+
 def test_variants_grids_and_per_dataset_values():
     choice = figures.DatasetChoice("synthetic", "femnist", fallback=True)
     base = figures.base_config(choice, lr={"femnist": 0.1, "synthetic": 0.02}, model={"default": "auto"},
