@@ -15,7 +15,6 @@ MAX_LINES = 250
 
 #: Cycles left in modules this test's author could not change; each is to be broken by the modules' owners.
 KNOWN_CYCLES = {
-    frozenset({"qafl_core.local", "qafl_core.batched"}): "Task <-> batched SGD: to become one tasks module",
     frozenset({"qafl_core.runner", "qafl_core.cache", "qafl_core.archive", "qafl_core.fingerprint"}):
         "runner <-> cache (load_or_run re-exported by runner) and fingerprint -> runner.build_dataset",
 }
