@@ -1,4 +1,4 @@
-"""Batched local SGD: the contacted clients' steps of a small model as one batched matmul.
+"""Batched local SGD: the contacted clients' steps as one batched computation per step.
 
 A simulator's unavoidable cost is the clients' gradient steps (docs/design.md#local-sgd-without-copies). For
 small models (logistic regression, the paper code's MLP 784-32-10) a single client's step is a few tiny
@@ -8,13 +8,15 @@ models are stacked into one ``(m, d)`` work matrix and each step runs every clie
 
 Results equal the sequential :meth:`qafl_core.local.NeuralTask.local_sgd` up to float rounding (a sum of
 per-client mean losses has the per-client gradients; only the summation order inside the kernels
-differs): every client draws its mini-batches from its own stream (:class:`qafl_core.local.ClientBatcher`),
+differs): every client draws its mini-batches from its own stream (:class:`qafl_core.batches.ClientBatcher`),
 in its own order, so its batches are exactly those of the sequential run; clients with fewer steps
 simply stop earlier (they are kept as a prefix of the work matrix, sorted by step count); a short last
 batch of an epoch is padded and masked out of the mean.
 
-Supported models: those in :data:`BATCHED_FORWARDS` (``mlp``, ``logreg``): no dropout (its mask stream is
-shared by all clients in the sequential order) and no BatchNorm (its statistics are updated in place).
+Models: those in :data:`BATCHED_FORWARDS` (``mlp``, ``logreg``) run the hand-written forwards here; every other
+model (CNNs, ResNet-20, the LEAF LSTM; BatchNorm and dropout included) runs through ``torch.func.vmap``
+(:mod:`qafl_core.batched_func`, which states how dropout masks and BatchNorm statistics stay those of the
+sequential run).
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from qafl_core import batched_func
+from qafl_core.divergence import Diverged
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -57,8 +62,8 @@ BATCHED_FORWARDS: dict[type, Callable] = _forwards()
 
 
 def supports_batched(module: nn.Module) -> bool:
-    """Whether :func:`local_sgd_many` can train ``module``."""
-    return type(module) in BATCHED_FORWARDS
+    """Whether :func:`local_sgd_many` can train ``module`` (every model of :data:`qafl_core.models.MODELS`)."""
+    return type(module) in BATCHED_FORWARDS or batched_func.supports(module)
 
 
 def _batch_indices(task, clients: list[int]) -> tuple[torch.Tensor, int, torch.Tensor | None, torch.Tensor]:
@@ -85,22 +90,19 @@ def local_sgd_many(task, rows: list[torch.Tensor], clients: list[int], num_steps
     """``num_steps[j]`` SGD steps of ``clients[j]`` on its flat vector ``rows[j]`` (updated in place), batched.
 
     Args:
-        task: a :class:`qafl_core.local.NeuralTask` whose model is in :data:`BATCHED_FORWARDS`.
+        task: a :class:`qafl_core.local.NeuralTask` whose model :func:`supports_batched`.
         rows: the clients' flat vectors (e.g. rows of the ``(n, d)`` client matrix).
         clients: client indices (their data and mini-batch streams).
         num_steps: steps per client (0: untouched).
         lrs: step size per client.
 
     Raises:
-        ValueError: the model has no batched forward, or the lists differ in length.
-        qafl_core.local.Diverged: a client's training loss became NaN or infinite.
+        ValueError: the model or the optimizer has no batched local SGD, or the lists differ in length.
+        qafl_core.divergence.Diverged: a client's training loss became NaN or infinite.
     """
-    from qafl_core.local import Diverged
-
-    forward = BATCHED_FORWARDS.get(type(task.module))
-    if forward is None:
+    if not supports_batched(task.module):
         raise ValueError(f"batched_clients: model {type(task.module).__name__} has no batched local SGD "
-                         f"(supported: {', '.join(sorted(t.__name__ for t in BATCHED_FORWARDS))})")
+                         "(recurrent layers other than the LEAF LSTM's, or BatchNorm with momentum=None)")
     if getattr(task, "optimizers", None) is not None:
         raise ValueError(f"batched_clients: batched local steps are plain SGD only (optimizer: "
                          f"{task.optimizers.name}, momentum {task.optimizers.momentum}, weight_decay "
@@ -108,6 +110,9 @@ def local_sgd_many(task, rows: list[torch.Tensor], clients: list[int], num_steps
     if not len(rows) == len(clients) == len(num_steps) == len(lrs):
         raise ValueError(f"local_sgd_many: rows, clients, num_steps and lrs differ in length "
                          f"({len(rows)}, {len(clients)}, {len(num_steps)}, {len(lrs)})")
+    forward = BATCHED_FORWARDS.get(type(task.module))
+    if forward is None:
+        return batched_func.train(task, rows, clients, num_steps, lrs)
     live = sorted((j for j in range(len(rows)) if num_steps[j] > 0), key=lambda j: -num_steps[j])
     if not live:
         return

@@ -129,7 +129,7 @@ class RunConfig:
     checkpoint_every: float | None = None
     eval_workers: int = 1
     num_threads: int | None = None        # torch intra-op threads; None -> 1 for small models (< 200k coords), else torch's default
-    batched_clients: bool = False         # suite extension: contacted clients' local SGD batched together (MLP/LogReg only)
+    batched_clients: bool = False         # suite extension: the clients' local SGD batched together (every model; plain SGD)
     device: str = "cpu"                   # cpu | cuda | cuda:N | auto (cuda if available); qafl_core/device.py
 
     def __post_init__(self) -> None:

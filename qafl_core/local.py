@@ -5,14 +5,16 @@ vector, ``local_sgd(row, client, steps, lr)`` that trains a client's flat vector
 ``evaluate(vector)``.  :class:`NeuralTask` implements it for a model + :class:`FederatedDataset`;
 ``qafl_core.theory.QuadraticTask`` implements it for the heterogeneous quadratics of docs/algorithm.md#what-the-suite-checks-numerically.
 
-Mini-batches follow ``DataLoader(shuffle=True)`` semantics, as in the paper's code: each client walks
-through a fresh random permutation of its samples per epoch (the last batch of an epoch may be
-smaller), drawn from the client's own generator, so a client's batches do not depend on when or how
-often other clients train.
+The algorithms train several clients with one call, :meth:`NeuralTask.train_many` (per-client callbacks before
+and after each client's steps); the task trains them one by one, or together (``batched_clients``:
+:mod:`qafl_core.batched`), and the algorithms cannot tell which. Mini-batches come from per-client streams
+(:class:`qafl_core.batches.ClientBatcher`), so a client's batches do not depend on when or how often other
+clients train, nor on whether it trains alone or batched.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,13 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from qafl_core.batched import local_sgd_many, supports_batched
+from qafl_core.batches import ClientBatcher
 from qafl_core.data.federated import FederatedDataset
+from qafl_core.divergence import Diverged
 from qafl_core.params import FlatModel
 from qafl_core.rng import torch_generator
 
-
-class Diverged(RuntimeError):
-    """Raised when a loss becomes NaN or infinite; the runner marks the run as diverged."""
+__all__ = ["ClientBatcher", "Diverged", "NeuralTask", "Task", "train_one_by_one"]
 
 
 class Task(Protocol):
@@ -36,46 +39,27 @@ class Task(Protocol):
 
     def init_vector(self) -> torch.Tensor: ...
     def local_sgd(self, row: torch.Tensor, client: int, num_steps: int, lr: float) -> None: ...
+    # optional: ``train_many(clients, prepare, finish)`` (NeuralTask.train_many); without it the simulation
+    # trains one by one (train_one_by_one)
     def evaluate(self, vec: torch.Tensor) -> dict[str, float]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class ClientBatcher:
-    """Per-client epoch-wise shuffled mini-batch indices (local indices into the client's samples)."""
+#: ``prepare(j) -> (row, num_steps, lr)`` and ``finish(j)`` of :meth:`NeuralTask.train_many`
+Prepare = Callable[[int], "tuple[torch.Tensor, int, float]"]
+Finish = Callable[[int], None]
 
-    def __init__(self, counts: torch.Tensor, batch_size: int, seed: int):
-        self.counts = [int(c) for c in counts]
-        self.batch_size = batch_size
-        self.seed = seed
-        self.gens: dict[int, torch.Generator] = {}
-        self.perm: dict[int, torch.Tensor] = {}
-        self.pos: dict[int, int] = {}
 
-    def next(self, i: int) -> torch.Tensor:
-        perm, pos = self.perm.get(i), self.pos.get(i, 0)
-        if perm is None or pos >= len(perm):
-            if i not in self.gens:
-                self.gens[i] = torch_generator(self.seed, "batches", i)
-            if self.counts[i] == 0:
-                raise ValueError(f"client {i} has no training samples")
-            perm, pos = torch.randperm(self.counts[i], generator=self.gens[i]), 0
-            self.perm[i] = perm
-        self.pos[i] = pos + self.batch_size
-        return perm[pos:pos + self.batch_size]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"gens": {i: g.get_state() for i, g in self.gens.items()},
-                "perm": dict(self.perm), "pos": dict(self.pos)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.gens = {}
-        for i, s in state["gens"].items():
-            g = torch.Generator()
-            g.set_state(s)
-            self.gens[int(i)] = g
-        self.perm = {int(i): p for i, p in state["perm"].items()}
-        self.pos = {int(i): int(p) for i, p in state["pos"].items()}
+def train_one_by_one(task, clients: Sequence[int], prepare: Prepare, finish: Finish | None = None) -> None:
+    """:meth:`NeuralTask.train_many` one client at a time, with ``task.local_sgd`` (any :class:`Task`; a client
+    with no step to take is not trained at all)."""
+    for j, c in enumerate(clients):
+        row, k, lr = prepare(j)
+        if k:
+            task.local_sgd(row, c, k, lr)
+        if finish is not None:
+            finish(j)
 
 
 class NeuralTask:
@@ -129,7 +113,7 @@ class NeuralTask:
             self._eval_client = torch.repeat_interleave(torch.arange(len(counts)), counts)   # (n_test,) owner
             self._eval_counts = counts.double()
         self.eval_batch_size = eval_batch_size
-        #: train the contacted clients together with :meth:`local_sgd_many` (QuAFL, FedAvg; small models)
+        #: train the clients of :meth:`train_many` together with :meth:`local_sgd_many` (``batched_clients``)
         self.batched = False
         #: each client's persistent optimizer state; None for plain SGD (stateless: the fused update below)
         self.optimizers = (None if is_plain_sgd(optimizer, momentum, weight_decay)
@@ -166,22 +150,38 @@ class NeuralTask:
                 with torch.no_grad():
                     torch._foreach_add_(params, grads, alpha=-lr)
 
+    def train_many(self, clients: Sequence[int], prepare: Prepare, finish: Finish | None = None) -> None:
+        """Local SGD of several clients, one by one or batched (:attr:`batched`); the caller cannot tell.
+
+        Args:
+            clients: the clients to train, in order.
+            prepare: ``prepare(j) -> (row, num_steps, lr)``, called before ``clients[j]`` trains: its flat vector
+                (trained in place), its step count and its step size.
+            finish: ``finish(j)``, called once ``clients[j]``'s row is trained.
+
+        One by one, ``prepare(j)``, the steps and ``finish(j)`` run client after client (:func:`train_one_by_one`);
+        batched, every ``prepare`` runs first, then one :meth:`local_sgd_many` call, then every ``finish``. Both
+        give the same results up to the batched kernels' float rounding, provided that a client's callbacks
+        touch only that client's own data (its row, its messages), which is what the algorithms do.
+        """
+        if not self.batched:
+            return train_one_by_one(self, clients, prepare, finish)
+        jobs = [prepare(j) for j in range(len(clients))]
+        self.local_sgd_many([r for r, _, _ in jobs], list(clients), [k for _, k, _ in jobs], [lr for _, _, lr in jobs])
+        if finish is not None:
+            for j in range(len(clients)):
+                finish(j)
+
     def local_sgd_many(self, rows: list[torch.Tensor], clients: list[int], num_steps: list[int],
                        lrs: list[float]) -> None:
-        """:meth:`local_sgd` of several clients at once, batched (small models; :mod:`qafl_core.batched`).
-
-        The algorithms call it instead of :meth:`local_sgd` when ``self.batched`` is true; results equal
-        the sequential ones up to float rounding (same per-client mini-batch streams)."""
-        from qafl_core.batched import local_sgd_many
-
+        """:meth:`local_sgd` of several clients at once, batched (:mod:`qafl_core.batched`); results equal the
+        sequential ones up to float rounding (same mini-batches, same dropout masks)."""
         local_sgd_many(self, rows, clients, num_steps, lrs)
 
     @property
     def supports_batched(self) -> bool:
-        """Whether :meth:`local_sgd_many` supports this model (no dropout, no BatchNorm: ``mlp``, ``logreg``)
+        """Whether :meth:`local_sgd_many` supports this model (every model of :data:`qafl_core.models.MODELS`)
         and optimizer (plain SGD only)."""
-        from qafl_core.batched import supports_batched
-
         return self.optimizers is None and supports_batched(self.module)
 
     @torch.no_grad()

@@ -85,14 +85,18 @@ class GenDropout(nn.Module):
             raise ValueError(f"GenDropout: p must be in [0, 1], got {p}")
         self.p = p
         self.generator: torch.Generator | None = None
+        #: a mask drawn in advance (batched local SGD, qafl_core.batched_func), used instead of a draw
+        self.given_keep: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if self.generator is None:
-            raise RuntimeError("GenDropout in training mode needs a generator: call "
-                               "qafl_core.models.set_dropout_generator(model, generator) first")
-        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
+        keep = self.given_keep
+        if keep is None:
+            if self.generator is None:
+                raise RuntimeError("GenDropout in training mode needs a generator: call "
+                                   "qafl_core.models.set_dropout_generator(model, generator) first")
+            keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
         return x * keep.to(x.dtype) / (1.0 - self.p) if self.p < 1.0 else torch.zeros_like(x)
 
 

@@ -15,7 +15,6 @@ MAX_LINES = 250
 
 #: Cycles left in modules this test's author could not change; each is to be broken by the modules' owners.
 KNOWN_CYCLES = {
-    frozenset({"qafl_core.local", "qafl_core.batched"}): "Task <-> batched SGD: to become one tasks module",
 }
 #: Modules other than :mod:`qafl_core.environment` that still read ``os.environ``, to be moved onto it.
 KNOWN_ENV_READERS = {

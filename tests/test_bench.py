@@ -47,7 +47,7 @@ def _run(alg, model, batched, quantizer="identity", bits=32, steps=6):
 @pytest.mark.parametrize("model", ["mlp", "logreg"])
 def test_batched_local_sgd_matches_sequential(alg, model):
     seq, bat = _run(alg, model, False), _run(alg, model, True)
-    assert bat.batched and not seq.batched
+    assert bat.task.batched and not seq.task.batched
     assert seq.local_steps == bat.local_steps > 0
     assert torch.allclose(seq.server, bat.server, atol=1e-5, rtol=0)
     assert not torch.equal(seq.server, seq.task.init_vector())     # it trained
@@ -61,15 +61,17 @@ def test_batched_with_lattice_messages_matches_sequential():
     assert seq.bits_up == bat.bits_up and seq.decode_failures == bat.decode_failures
 
 
-def test_batched_rejects_models_without_batched_forward():
-    task = NeuralTask(random_dataset("mnist", 2, 8, (1, 28, 28), 10), "fmnist_cnn", 0, 4)
-    assert not task.supports_batched
-    with pytest.raises(ValueError, match="batched_clients"):
-        task.local_sgd_many([task.init_vector()], [0], [1], [0.1])
-    assert NeuralTask(random_dataset("mnist", 2, 8, (1, 28, 28), 10), "mlp", 0, 4).supports_batched
+def test_batched_rejects_tasks_without_batched_local_sgd():
+    task = NeuralTask(random_dataset("mnist", 2, 8, (1, 28, 28), 10), "fmnist_cnn", 0, 4, momentum=0.5)
+    assert not task.supports_batched                            # stateful optimizers train one by one only
     task.batched = True
     with pytest.raises(ValueError, match="batched_clients: FmnistCNN"):
         build_simulation(RunConfig(dataset="mnist", clients_per_round=1, progress=False), task)
+    with pytest.raises(ValueError, match="batched_clients: FakeTask"):
+        build_simulation(RunConfig(dataset="synthetic", clients_per_round=1, progress=False, batched_clients=True),
+                         FakeTask(2))
+    for model in ("mlp", "fmnist_cnn"):                         # every model of the suite has a batched path
+        assert NeuralTask(random_dataset("mnist", 2, 8, (1, 28, 28), 10), model, 0, 4).supports_batched
 
 
 @pytest.mark.parametrize("cls", [QuAFL, FedAvg, FedBuff])
@@ -184,10 +186,10 @@ def test_batched_clients_config_key_turns_batching_on_and_is_validated():
     cfg = RunConfig(dataset="mnist", clients_per_round=3, local_steps=4, batch_size=8, lr=0.1, progress=False,
                     batched_clients=True)
     assert cfg.config_hash() != cfg.replace(batched_clients=False).config_hash()   # a different run
-    assert build_simulation(cfg, NeuralTask(_ragged_dataset(), "mlp", 0, 8)).batched
-    assert not build_simulation(cfg.replace(batched_clients=False), NeuralTask(_ragged_dataset(), "mlp", 0, 8)).batched
-    with pytest.raises(ValueError, match="batched_clients: FmnistCNN"):
-        build_simulation(cfg, NeuralTask(_ragged_dataset(), "fmnist_cnn", 0, 8))
+    assert build_simulation(cfg, NeuralTask(_ragged_dataset(), "mlp", 0, 8)).task.batched
+    assert build_simulation(cfg, NeuralTask(_ragged_dataset(), "fmnist_cnn", 0, 8)).task.batched
+    assert not build_simulation(cfg.replace(batched_clients=False),
+                                NeuralTask(_ragged_dataset(), "mlp", 0, 8)).task.batched
     with pytest.raises(ValueError, match="batched_clients: expected true/false"):
         RunConfig(batched_clients="yes")
 
@@ -201,9 +203,9 @@ def test_batched_vs_sequential_and_gpu_lines_run(capsys, monkeypatch):
     obj = json.loads(capsys.readouterr().out)
     assert rc == 0                                          # reported or skipped lines never fail the command
     cpu = obj["batched_vs_sequential"]
-    assert set(cpu["value"]) == {"mlp", "logreg"} and all(v > 0 for v in cpu["value"].values())
+    assert set(cpu["value"]) == {"mlp", "logreg", "femnist_cnn"} and all(v > 0 for v in cpu["value"].values())
     assert cpu["passed"] is None and cpu["target"] == "reported"
-    for model in ("mlp", "logreg"):                         # both sides made the same contacts and steps
+    for model in ("mlp", "logreg", "femnist_cnn"):                         # both sides made the same contacts and steps
         steps = cpu["detail"][model]["local_steps"]
         assert steps[0] == steps[1] > 0
     for name, target in (("engine_vs_bare_cuda", "<= 1.10"), ("batched_vs_sequential_cuda", ">= 5")):

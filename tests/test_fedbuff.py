@@ -193,13 +193,13 @@ def _mlp_sim(batched, **kw):
 def test_batched_waves_equal_one_at_a_time_training(kw):
     seq, bat = _mlp_sim(False, **kw), _mlp_sim(True, **kw)
     groups = []
-    real = bat.local_sgd_many
+    real = bat.task.local_sgd_many
 
     def record(rows, clients, steps, lrs):
         groups.append(list(clients))
         real(rows, clients, steps, lrs)
 
-    bat.local_sgd_many = record
+    bat.task.local_sgd_many = record
     for _ in range(12):
         seq.step()
         bat.step()

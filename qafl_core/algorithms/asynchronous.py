@@ -27,12 +27,12 @@ Computation lags behind the events, which depend only on step durations and the 
 a server step are trained in *waves*, runs of consecutive arrivals. A new wave begins at an arrival whose job was
 started during the same server step, since that job trains from a download made after the previous wave (a
 client downloads after its previous update was computed: its own last model is the decoding key of key-based
-quantizers). A wave is trained by one ``local_sgd_many`` call when the task is batched (an accelerator computes
-many clients at once), else one job at a time in arrival order; its updates then reach the server in arrival
-order, and the jobs started so far download their start model. A job touches only its client's row, its
-client's mini-batch stream and its start message, so the grouping changes nothing: the sequential path performs
-exactly the operations of handling one arrival at a time, and the batched path differs from it only by the
-batched kernels' float rounding.
+quantizers). A wave is one :meth:`Simulation.train_many` call: the task trains its jobs one at a time in arrival
+order, each update reaching the server right after its job, or all at once when it is batched (an accelerator
+computes many clients at once), the updates then reaching the server in arrival order; then the jobs started so
+far download their start model. A job touches only its client's row, its client's mini-batch stream and its
+start message, so the grouping changes nothing: the sequential path performs exactly the operations of handling
+one arrival at a time, and the batched path differs from it only by the batched kernels' float rounding.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from qafl_core.algorithms.base import Simulation, vector_ops_on_one_thread
+from qafl_core.algorithms.base import RowPool, Simulation, vector_ops_on_one_thread
 from qafl_core.algorithms.state import AsyncState
 from qafl_core.rng import torch_generator
 
@@ -130,8 +130,7 @@ class AsyncSimulation(Simulation):
         self.jobs = ClientJobs(self.n, clocks, cfg.local_steps, cfg.seed)
         for _ in range(c):
             self.jobs.start(0.0, 0)
-        self._start = torch.empty_like(self.server)    # a job's start model (one job at a time)
-        self._starts: torch.Tensor | None = None       # (m, d) start models of a batched wave
+        self._starts = RowPool(self.task.dim, self.device)    # the start models of the jobs in training
 
     @property
     def arrivals_per_step(self) -> int:  # pragma: no cover - abstract
@@ -163,23 +162,9 @@ class AsyncSimulation(Simulation):
             self.download(self.jobs.start(self.time, self.server_steps))
 
     def _run_wave(self, wave: list[Arrival]) -> None:
-        """Train the wave's jobs (one batched call, or one by one), then hand their updates to the server in
-        arrival order."""
-        if not wave:
-            return
-        rows = [self.clients[a.client] for a in wave]
-        if self.batched:
-            if self._starts is None or len(self._starts) < len(wave):
-                self._starts = torch.empty(self.arrivals_per_step, self.task.dim, device=self.device)
-            starts = [s.copy_(r) for s, r in zip(self._starts, rows)]
-            self.train(rows, wave, starts)
-            for a, s in zip(wave, starts):
-                self.receive(a, s)
-        else:
-            for a, r in zip(wave, rows):
-                start = self._start.copy_(r)
-                self.train([r], [a], [start])
-                self.receive(a, start)
+        """Train the wave's jobs (:meth:`train`), handing each update to the server in arrival order."""
+        if wave:
+            self.train(wave)
 
     def _download_all(self, clients: list[int]) -> None:
         for i in clients:
@@ -189,14 +174,21 @@ class AsyncSimulation(Simulation):
     def begin_step(self) -> None:
         """Called before the first arrival of a server step."""
 
-    def train(self, rows: list[torch.Tensor], arrivals: list[Arrival], starts: list[torch.Tensor]) -> None:
-        """The K local SGD steps of each arriving job on its row, in place (``starts``: the rows before)."""
-        k = self.cfg.local_steps
-        if self.batched:
-            self.local_sgd_many(rows, [a.client for a in arrivals], [k] * len(rows), [a.lr for a in arrivals])
-        else:
-            for r, a in zip(rows, arrivals):
-                self.local_sgd(r, a.client, k, a.lr)
+    def train(self, arrivals: list[Arrival]) -> None:
+        """The K local SGD steps of each arriving job on its client's row, in place, each followed by
+        :meth:`receive` (the task trains them one by one or together: :meth:`Simulation.train_many`)."""
+        starts: dict[int, torch.Tensor] = {}
+
+        def start(j: int):
+            a = arrivals[j]
+            starts[j] = self._starts.take().copy_(self.clients[a.client])
+            return self.clients[a.client], self.cfg.local_steps, a.lr
+
+        def arrive(j: int) -> None:
+            self.receive(arrivals[j], starts[j])
+            self._starts.give(starts.pop(j))
+
+        self.train_many([a.client for a in arrivals], start, arrive)
 
     def receive(self, arrival: Arrival, start: torch.Tensor) -> None:  # pragma: no cover - abstract
         """The arrival's upload reaches the server; ``start`` (a work buffer the hook may overwrite) holds the

@@ -9,41 +9,24 @@ per-client mini-batches and one generator per quantized message.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, Callable, ClassVar
 
 import torch
 
 from qafl_core.algorithms.state import SimulationState
+# the thread policy of a step (threads.py) is re-exported here, where the algorithms import it from
+from qafl_core.algorithms.threads import (  # noqa: F401
+    _on_one_thread,
+    _Threads,
+    vector_ops_on_one_thread,
+)
 from qafl_core.channel import Channel
 from qafl_core.config import RunConfig
-from qafl_core.local import Task
+from qafl_core.local import Finish, Prepare, Task, train_one_by_one
 from qafl_core.quantize import IdentityQuantizer
 from qafl_core.rng import torch_generator
 from qafl_core.timing import ClientClocks
-
-
-def vector_ops_on_one_thread(step: Callable) -> Callable:
-    """Decorator for ``step()``: the round's vector arithmetic (encode/decode, averaging) runs on one
-    intra-op thread, the clients' local SGD (:meth:`Simulation.local_sgd`) on the caller's thread count.
-
-    The vector ops are memory-bound, so a second thread adds little bandwidth; on a shared machine a
-    descheduled worker thread stalls every parallel op. Measured on the loaded 2-core machine: the
-    non-SGD time of a FEMNIST-CNN QuAFL round (s = 5) fell from 135 ms to 80 ms. Results do not change:
-    elementwise ops and the exact reductions used here do not depend on the thread count.
-    """
-    @functools.wraps(step)
-    def wrapped(self, *args, **kwargs):
-        n = torch.get_num_threads()
-        if n == 1:
-            return step(self, *args, **kwargs)
-        self._sgd_threads = n
-        torch.set_num_threads(1)
-        try:
-            return step(self, *args, **kwargs)
-        finally:
-            torch.set_num_threads(n)
-            self._sgd_threads = None
-    return wrapped
 
 
 class Simulation:
@@ -78,11 +61,14 @@ class Simulation:
         self._zeros: torch.Tensor | None = None
         self._acc: torch.Tensor | None = None
         self._sgd_threads: int | None = None
-        # batched local SGD of the contacted clients (small models; see qafl_core.batched)
-        self.batched = bool(getattr(cfg, "batched_clients", False) or getattr(task, "batched", False))
-        if self.batched and not (hasattr(task, "local_sgd_many") and getattr(task, "supports_batched", True)):
-            model = type(getattr(task, "module", task)).__name__
-            raise ValueError(f"batched_clients: {model} has no batched local SGD (supported: MLP, LogReg models)")
+        # batched_clients asks the task to train the clients of a train_many call together; whether it does is
+        # the task's business (NeuralTask.train_many), the algorithms never ask
+        if getattr(cfg, "batched_clients", False) or getattr(task, "batched", False):
+            if not getattr(task, "supports_batched", False):
+                model = type(getattr(task, "module", task)).__name__
+                raise ValueError(f"batched_clients: {model} has no batched local SGD (neural tasks with plain SGD "
+                                 "only)")
+            task.batched = True
 
     # ------------------------------------------------------------------ protocol pieces
     def step(self) -> None:  # pragma: no cover - abstract
@@ -139,11 +125,20 @@ class Simulation:
         with self._sgd_thread_count():
             self.task.local_sgd(row, client, num_steps, lr)
 
-    def local_sgd_many(self, rows: list[torch.Tensor], clients: list[int], num_steps: list[int],
-                       lrs: list[float]) -> None:
-        """The task's batched local SGD of several clients (each row trained in place)."""
-        with self._sgd_thread_count():
-            self.task.local_sgd_many(rows, clients, num_steps, lrs)
+    def train_many(self, clients: Sequence[int], prepare: Prepare, finish: Finish | None = None) -> None:
+        """Local SGD of ``clients`` through the task's :meth:`qafl_core.local.NeuralTask.train_many`: ``prepare(j)
+        -> (row, num_steps, lr)`` before ``clients[j]`` trains, ``finish(j)`` after. The task trains them one by
+        one or batched; the callbacks only touch client ``j``'s own data, so either way gives the same results.
+
+        The steps run on the caller's intra-op thread count, the callbacks' vector ops on one thread
+        (:func:`vector_ops_on_one_thread`). Tasks without ``train_many`` train one by one (:func:`train_one_by_one`).
+        """
+        run = getattr(self.task, "train_many", None) or functools.partial(train_one_by_one, self.task)
+        n = self._sgd_threads
+        if n is None:
+            return run(clients, prepare, finish)
+        with _Threads(n):
+            run(clients, _on_one_thread(prepare, n), None if finish is None else _on_one_thread(finish, n))
 
     def _sgd_thread_count(self):
         return _Threads(self._sgd_threads)
@@ -201,16 +196,15 @@ class Simulation:
         self.State.from_plain(state).restore(self)
 
 
-class _Threads:
-    """Context: ``n`` intra-op threads inside (None: leave as is), one thread again on exit."""
+class RowPool:
+    """Work vectors of length ``dim``, taken and given back: with clients trained one by one a single vector is in
+    use at a time (as many as a batched call holds otherwise), so the sequential path keeps its memory."""
 
-    def __init__(self, n: int | None):
-        self.n = n
+    def __init__(self, dim: int, device: torch.device):
+        self.dim, self.device, self.free = dim, device, []
 
-    def __enter__(self) -> None:
-        if self.n is not None:
-            torch.set_num_threads(self.n)
+    def take(self) -> torch.Tensor:
+        return self.free.pop() if self.free else torch.empty(self.dim, device=self.device)
 
-    def __exit__(self, *exc) -> None:
-        if self.n is not None:
-            torch.set_num_threads(1)
+    def give(self, row: torch.Tensor) -> None:
+        self.free.append(row)

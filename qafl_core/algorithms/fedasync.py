@@ -49,32 +49,33 @@ class FedAsync(AsyncSimulation):
     name = "fedasync"
     arrivals_per_step = 1     # every arrival is merged on its own
 
-    def __init__(self, cfg, task, quantizer, clocks):
-        super().__init__(cfg, task, quantizer, clocks)
-        self._prev: torch.Tensor | None = None     # the models before one proximal step (rho > 0)
-
     def alpha_t(self, staleness: int) -> float:
         cfg = self.cfg
         return cfg.fedasync_alpha * staleness_factor(cfg.fedasync_staleness, staleness, cfg.fedasync_a, cfg.fedasync_b)
 
-    def train(self, rows: list[torch.Tensor], arrivals: list[Arrival], starts: list[torch.Tensor]) -> None:
+    def train(self, arrivals: list[Arrival]) -> None:
         """K local steps; with ``rho > 0`` one step at a time, each followed by the proximal pull
         ``y <- y - gamma rho (y_before - x_tau)`` (the gradient is taken at ``y_before``, as in the paper)."""
         rho = self.cfg.fedasync_rho
         if rho == 0:
-            return super().train(rows, arrivals, starts)
-        if self._prev is None or len(self._prev) < len(rows):
-            self._prev = torch.empty(len(rows), self.task.dim, device=self.device)
-        k, clients, lrs = self.cfg.local_steps, [a.client for a in arrivals], [a.lr for a in arrivals]
-        for _ in range(k):
-            prev = [p.copy_(r) for p, r in zip(self._prev, rows)]
-            if self.batched:
-                self.local_sgd_many(rows, clients, [1] * len(rows), lrs)
-            else:
-                for r, c, lr in zip(rows, clients, lrs):
-                    self.local_sgd(r, c, 1, lr)
-            for r, p, s, lr in zip(rows, prev, starts, lrs):
-                r.sub_(p.sub_(s), alpha=lr * rho)
+            return super().train(arrivals)
+        rows = [self.clients[a.client] for a in arrivals]
+        starts = [self._starts.take().copy_(r) for r in rows]
+        prev = [self._starts.take() for _ in rows]
+
+        def save(j: int):
+            prev[j].copy_(rows[j])
+            return rows[j], 1, arrivals[j].lr
+
+        def pull(j: int) -> None:
+            rows[j].sub_(prev[j].sub_(starts[j]), alpha=arrivals[j].lr * rho)
+
+        for _ in range(self.cfg.local_steps):
+            self.train_many([a.client for a in arrivals], save, pull)
+        for a, s in zip(arrivals, starts):
+            self.receive(a, s)
+        for t in starts + prev:
+            self._starts.give(t)
 
     def receive(self, arrival: Arrival, start: torch.Tensor) -> None:
         i = arrival.client

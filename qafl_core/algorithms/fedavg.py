@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from qafl_core.algorithms.base import Simulation, vector_ops_on_one_thread
+from qafl_core.algorithms.base import RowPool, Simulation, vector_ops_on_one_thread
 from qafl_core.algorithms.state import ClientModelsState
 
 
@@ -22,9 +22,8 @@ class FedAvg(Simulation):
         super().__init__(cfg, task, quantizer, clocks)
         # stale client models are only needed as decoding keys of key-based (lattice) quantizers
         self.clients = self.server.unsqueeze(0).repeat(self.n, 1) if getattr(quantizer, "needs_key", True) else None
-        self._work = torch.empty_like(self.server)
+        self._work = RowPool(self.task.dim, self.device)   # work rows without stale client models
         self._delta = torch.empty_like(self.server)
-        self._work_rows: torch.Tensor | None = None   # batched mode without stale client models
 
     @vector_ops_on_one_thread
     def step(self) -> None:
@@ -32,17 +31,24 @@ class FedAvg(Simulation):
         contacted = self.sample_clients()
         down = self.encode(self.server, "down")
         acc = self.accumulator()
-        slowest = 0.0
         lr = cfg.lr * self.lr_factor()
-        if self.batched:
-            return self._step_batched(contacted, down, acc, lr)
-        for i in contacted:
-            row = self.clients[i] if self.clients is not None else self._work
-            start = self.decode(down, row, "server->client")
-            row.copy_(start)
-            self.local_sgd(row, i, cfg.local_steps, lr)
-            slowest = max(slowest, self._upload(i, start, row, down, acc))
-        self._finish(acc, len(contacted), slowest)
+        rows, starts, times = {}, {}, []
+
+        def download(j: int):
+            """Client i decodes the server model (against its stale model) and starts from it."""
+            i = contacted[j]
+            rows[j] = self.clients[i] if self.clients is not None else self._work.take()
+            starts[j] = self.decode(down, rows[j], "server->client")
+            rows[j].copy_(starts[j])
+            return rows[j], cfg.local_steps, lr
+
+        def upload(j: int) -> None:
+            times.append(self._upload(contacted[j], starts.pop(j), rows[j], down, acc))
+            if self.clients is None:
+                self._work.give(rows.pop(j))
+
+        self.train_many(contacted, download, upload)
+        self._finish(acc, len(contacted), max(times, default=0.0))
 
     def _upload(self, i: int, start: torch.Tensor, row: torch.Tensor, down, acc: torch.Tensor) -> float:
         """Client i sends Q(start - row); the server adds it to ``acc``. Returns the client's K-step time."""
@@ -50,21 +56,6 @@ class FedAvg(Simulation):
         acc.add_(self.decode(up, self.zeros, "client->server"))
         self.record_contact(i, self.cfg.local_steps)
         return self.clocks.draw_sum(i, self.cfg.local_steps)
-
-    def _step_batched(self, contacted: list[int], down, acc: torch.Tensor, lr: float) -> None:
-        """The same round with the clients' local SGD batched (every client downloads, all train, all upload:
-        a client's download, steps and upload touch only its own row, batch stream and message)."""
-        if self.clients is None and (self._work_rows is None or len(self._work_rows) < len(contacted)):
-            self._work_rows = torch.empty(len(contacted), self.task.dim, device=self.device)
-        rows, starts = [], []
-        for j, i in enumerate(contacted):
-            row = self.clients[i] if self.clients is not None else self._work_rows[j]
-            starts.append(self.decode(down, row, "server->client"))
-            rows.append(row.copy_(starts[-1]))
-        k = self.cfg.local_steps
-        self.local_sgd_many(rows, contacted, [k] * len(contacted), [lr] * len(contacted))
-        slowest = max(self._upload(i, start, row, down, acc) for i, start, row in zip(contacted, starts, rows))
-        self._finish(acc, len(contacted), slowest)
 
     def _finish(self, acc: torch.Tensor, s: int, slowest: float) -> None:
         self.apply_server_delta(acc.div_(s), self.cfg.server_lr)

@@ -58,50 +58,50 @@ class QuAFL(Simulation):
         self.client_time[i] = now  # partial progress of the in-flight step is discarded
         return k
 
-    def progress(self, i: int, now: float) -> int:
-        """Complete client i's local steps that finish strictly before ``now`` (at most K); return how many."""
-        k = self._completed_steps(i, now)
-        with self.speed.contact([i], [k]) as factor:
-            if k:
-                self.local_sgd(self.clients[i], i, k, self.client_lr[i] * self.lr_factor() * factor[0])
-        self.record_contact(i, k)
-        return k
-
-    def progress_many(self, contacted: list[int], now: float) -> None:
-        """:meth:`progress` of every contacted client with one batched local SGD call. Same results: a
-        client's steps touch only its own row and its own batch stream, and the averaging below only
-        starts after everyone's progress."""
-        ks = [self._completed_steps(i, now) for i in contacted]
-        f = self.lr_factor()
-        with self.speed.contact(contacted, ks) as factor:
-            self.local_sgd_many([self.clients[i] for i in contacted], contacted, ks,
-                                [self.client_lr[i] * f * g for i, g in zip(contacted, factor)])
-        for i, k in zip(contacted, ks):
-            self.record_contact(i, k)
-
     @vector_ops_on_one_thread
     def step(self) -> None:
-        cfg, p = self.cfg, self.p
         contacted = self.sample_clients()
-        if self.batched:
-            self.progress_many(contacted, self.time)
         down = self.encode(self.server, "down")
         acc = self.accumulator()
-        for i in contacted:
-            if not self.batched:
-                self.progress(i, self.time)
-            y = self.clients[i]
-            up = self.encode(y, "up", i)
-            acc.add_(self.decode(up, self.server, "client->server"))
-            key = self.base[i] if self.base is not None else y
-            q_server = self.decode(down, key, "server->client")
-            if cfg.client_averaging:
-                y.mul_(1.0 - p).add_(q_server, alpha=p)
-            else:
-                y.copy_(q_server)
-            if self.base is not None:
-                self.base[i].copy_(y)
-        s = len(contacted)
+        now, f = self.time, self.lr_factor()
+        contacts, ks = [], []
+
+        def progress(j: int):
+            """Client i completes, lazily, the local steps that finish strictly before now (at most K)."""
+            i = contacted[j]
+            ks.append(self._completed_steps(i, now))
+            contacts.append(self.speed.contact([i], [ks[j]]))
+            factor = contacts[j].__enter__()[0]
+            return self.clients[i], ks[j], self.client_lr[i] * f * factor
+
+        def answer(j: int) -> None:
+            """Client i sends its model and averages it with the server's."""
+            i = contacted[j]
+            contacts[j].__exit__(None, None, None)    # speed_correction: normalized rescales the progress here
+            self.record_contact(i, ks[j])
+            self.exchange(i, down, acc)
+
+        self.train_many(contacted, progress, answer)
+        self.finish_round(acc, len(contacted))
+
+    def exchange(self, i: int, down, acc: torch.Tensor) -> None:
+        """Client i uploads Enc(Y_i) (the server adds it to ``acc``) and sets ``Y_i <- Q(X)/(s+1) + s Y_i/(s+1)``."""
+        cfg, p = self.cfg, self.p
+        y = self.clients[i]
+        up = self.encode(y, "up", i)
+        acc.add_(self.decode(up, self.server, "client->server"))
+        key = self.base[i] if self.base is not None else y
+        q_server = self.decode(down, key, "server->client")
+        if cfg.client_averaging:
+            y.mul_(1.0 - p).add_(q_server, alpha=p)
+        else:
+            y.copy_(q_server)
+        if self.base is not None:
+            self.base[i].copy_(y)
+
+    def finish_round(self, acc: torch.Tensor, s: int) -> None:
+        """``X <- (X + sum_i Q(Y_i)) / (s+1)`` (or the clients' mean), and the clock."""
+        cfg, p = self.cfg, self.p
         if cfg.server_averaging:
             self.server.mul_(p).add_(acc, alpha=(1.0 - p) / s)
         else:
