@@ -2,6 +2,7 @@
 receiver's key, bits counted exactly per receiver and direction, decode failures counted."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from qafl_core.channel import Channel
@@ -40,3 +41,43 @@ def test_lattice_failures_are_counted_against_the_receivers_key(caplog):
     assert ch.decode_failures == 1 and ch.failed_messages == 1
     assert "fell outside the lattice decoding window at t=3.0" in caplog.text
     assert ch.bits_down == 2 * msg.bits
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@pytest.mark.parametrize("name,bits", [("lattice", 3), ("lattice", 32), ("dithered_lattice", 4), ("qsgd", 3),
+                                       ("identity", 32), ("topk", 8), ("qsgd_norm", 4)])
+def test_send_equals_encode_then_decode(name, bits, caplog):
+    """One pass (the quantizer's fused send, or encode + decode where it has none) gives the same value, bits,
+    failures and log as encoding and decoding from the same named stream; the key is 0.3 away from x in
+    places, beyond a 3-bit lattice's window, so failures occur and are counted."""
+    x = torch.linspace(-1, 1, 50)
+    key = x.clone()
+    key[::7] += 0.3
+    two = [Channel(make_quantizer(name, bits=bits, eps=0.05), seed=3, device=torch.device("cpu"), name="t")
+           for _ in range(2)]
+    fused = two[0].send(x, key, "client->server", 1.5, 4, "up", 2).clone()
+    want = two[1].decode(two[1].encode(x, 4, "up", 2), key, "client->server", time=1.5)
+    assert _same_bits(fused, want)
+    counts = [(c.bits_up, c.bits_down, c.decode_failures, c.failed_messages) for c in two]
+    assert counts[0] == counts[1] and counts[0][0] > 0
+    if name == "lattice" and bits == 3:
+        assert counts[0][2] > 0 and caplog.text.count("fell outside the lattice decoding window at t=1.5") == 2
+    down = two[0].send(x, key, "server->client", 1.5, 4, "down")
+    assert two[0].bits_down == counts[0][0] and down.shape == x.shape
+
+
+def test_send_reuses_one_work_buffer_and_the_zero_copy_identity_writes_nothing():
+    ch = Channel(make_quantizer("lattice", bits=8, eps=0.01), seed=0, device=torch.device("cpu"), name="t")
+    x = torch.linspace(-1, 1, 20)
+    a = ch.send(x, x, "client->server", 0.0, 0, "up", 1)
+    b = ch.send(x * 0.5, x, "client->server", 0.0, 0, "up", 2)
+    assert a.data_ptr() == b.data_ptr() and torch.allclose(b, x * 0.5, atol=0.005)
+    msg = ch.encode(x, 0, "down")
+    c, d = (ch.decode(msg, x, "server->client", 0.0, scratch=True) for _ in range(2))
+    assert c.data_ptr() == d.data_ptr() != a.data_ptr()                 # scratch decodes: their own buffer
+    assert ch.decode(msg, x, "server->client", 0.0).data_ptr() != c.data_ptr()   # default: a fresh tensor
+    borrow = Channel(make_quantizer("identity").borrowing(), seed=0, device=torch.device("cpu"), name="t")
+    assert borrow.send(x, None, "client->server", 0.0, 0, "up", 1) is x and borrow.bits_up == 20 * 32

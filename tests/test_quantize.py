@@ -487,6 +487,25 @@ def test_a_failing_compiler_falls_back_to_the_same_results(monkeypatch, restore_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bad", [float("nan"), -float("inf"), 1e15])
+def test_the_compiled_send_checks_the_range_of_x_in_its_one_pass(bad, monkeypatch):
+    """The compiled send returns max |x| with its failures instead of reading x twice; a nan, an inf or
+    |x|/eps >= 2**62 is the same error as the encoder's (compiles the send kernel unless cached)."""
+    q = make_quantizer("lattice", 10, 1e-4)
+    x = torch.randn(1000, generator=gen(47)) * 0.1
+    x[123] = bad
+    with kernels.compiling("on"), monkeypatch.context() as mp:
+        mp.setattr(type(q), "_send_eager", lambda *a, **k: pytest.fail("the eager loop ran"))
+        with pytest.raises(ValueError, match=r"^x: lattice needs finite values with \|x\|/eps < 2\*\*62") as err:
+            q.send(x, torch.zeros(1000), None)
+        with pytest.raises(ValueError) as want:
+            q.encode(x)
+        assert str(err.value) == str(want.value)
+        x[123] = 0.5
+        assert q.send(x, x.clone(), None).failures == 0                 # in range: no error, nothing fails
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lattice", "dithered_lattice"])
 def test_compiled_lattice_kernels_are_bit_identical_to_the_reference(name, monkeypatch):
     """Compiles the encode, decode and send kernels (about a minute each on 2 cores unless inductor's

@@ -97,13 +97,18 @@ class Simulation:
         return self.channel.encode(x, self.server_steps, *msg_id,
                                    quantizer=quantizer if quantizer is not None else self.quantizer)
 
-    def decode(self, msg, key: torch.Tensor | None, direction: str, quantizer=None, receivers: int = 1
-               ) -> torch.Tensor:
+    def decode(self, msg, key: torch.Tensor | None, direction: str, quantizer=None, receivers: int = 1,
+               scratch: bool = False) -> torch.Tensor:
         """Deliver ``msg`` to ``receivers`` receivers holding ``key``: its value, with its bits and decode
-        failures counted (:meth:`qafl_core.channel.Channel.decode`)."""
+        failures counted (:meth:`qafl_core.channel.Channel.decode`; ``scratch``: read at once, never changed)."""
         return self.channel.decode(msg, key, direction, self.time,
                                    quantizer=quantizer if quantizer is not None else self.quantizer,
-                                   receivers=receivers)
+                                   receivers=receivers, scratch=scratch)
+
+    def send(self, x: torch.Tensor, key: torch.Tensor | None, direction: str, *msg_id: object) -> torch.Tensor:
+        """:meth:`encode` then :meth:`decode` of a one-receiver message in one pass: the value (read it at
+        once, never change it), bits and failures counted (:meth:`qafl_core.channel.Channel.send`)."""
+        return self.channel.send(x, key, direction, self.time, self.server_steps, *msg_id, quantizer=self.quantizer)
 
     # the channel's counters under the names the results table and checkpoints use
     bits_up = property(lambda self: self.channel.bits_up, lambda self, v: setattr(self.channel, "bits_up", v))

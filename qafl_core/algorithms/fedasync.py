@@ -79,11 +79,10 @@ class FedAsync(AsyncSimulation):
 
     def receive(self, arrival: Arrival, start: torch.Tensor) -> None:
         i = arrival.client
-        up = self.encode(self.clients[i], "up", i)
-        mix(self.server, self.decode(up, self.server, "client->server"), self.alpha_t(arrival.staleness))
+        mix(self.server, self.send(self.clients[i], self.server, "client->server", "up", i),
+            self.alpha_t(arrival.staleness))
         self.record_contact(i, self.cfg.local_steps)
 
     def download(self, client: int) -> None:
-        down = self.encode(self.server, "down")
         row = self.clients[client]
-        row.copy_(self.decode(down, row, "server->client"))
+        row.copy_(self.send(self.server, row, "server->client", "down"))

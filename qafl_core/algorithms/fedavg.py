@@ -52,8 +52,7 @@ class FedAvg(Simulation):
 
     def _upload(self, i: int, start: torch.Tensor, row: torch.Tensor, down, acc: torch.Tensor) -> float:
         """Client i sends Q(start - row); the server adds it to ``acc``. Returns the client's K-step time."""
-        up = self.encode(torch.sub(start, row, out=self._delta), "up", i)   # consumed below, then reused
-        acc.add_(self.decode(up, self.zeros, "client->server"))
+        acc.add_(self.send(torch.sub(start, row, out=self._delta), self.zeros, "client->server", "up", i))
         self.record_contact(i, self.cfg.local_steps)
         return self.clocks.draw_sum(i, self.cfg.local_steps)
 

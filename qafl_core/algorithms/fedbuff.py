@@ -59,8 +59,8 @@ class FedBuff(AsyncSimulation):
     def receive(self, arrival: Arrival, start: torch.Tensor) -> None:
         """Q(start - trained), decoded against zero, enters the buffer with weight w(tau)."""
         i = arrival.client
-        up = self.encode(start.sub_(self.clients[i]), "up", i)    # consumed here: the buffer is reused
-        self._buffer.add_(self.decode(up, self.zeros, "client->server"), alpha=self.weight(arrival.staleness))
+        up = self.send(start.sub_(self.clients[i]), self.zeros, "client->server", "up", i)  # start: reused buffer
+        self._buffer.add_(up, alpha=self.weight(arrival.staleness))
         self.record_contact(i, self.cfg.local_steps)
 
     def server_update(self) -> None:
@@ -75,4 +75,4 @@ class FedBuff(AsyncSimulation):
         """The client decodes the current server model's message against its own last model."""
         down = self._down_message()
         row = self.clients[client]
-        row.copy_(self.decode(down, row, "server->client"))
+        row.copy_(self.decode(down, row, "server->client", scratch=True))

@@ -88,10 +88,9 @@ class QuAFL(Simulation):
         """Client i uploads Enc(Y_i) (the server adds it to ``acc``) and sets ``Y_i <- Q(X)/(s+1) + s Y_i/(s+1)``."""
         cfg, p = self.cfg, self.p
         y = self.clients[i]
-        up = self.encode(y, "up", i)
-        acc.add_(self.decode(up, self.server, "client->server"))
+        acc.add_(self.send(y, self.server, "client->server", "up", i))
         key = self.base[i] if self.base is not None else y
-        q_server = self.decode(down, key, "server->client")
+        q_server = self.decode(down, key, "server->client", scratch=True)
         if cfg.client_averaging:
             y.mul_(1.0 - p).add_(q_server, alpha=p)
         else:

@@ -67,10 +67,25 @@ def _decode_math(c, key, u, check, out, inv_eps_q: float, inv_q: float, q: float
     return (m_hat != check.to(_F64)).sum()
 
 
-def _send_math(x, key, u, out, inv_eps: float, inv_eps_q: float, inv_q: float, q: float, half: float, eps: float):
+def _send_math(x, key, u, out, inv_eps: float, inv_eps_q: float, qeps: float, inv_q: float, wide: bool):
+    """Fused send, written in units of ``q`` (exact: ``q`` is a power of two, and scaling by one commutes
+    with float64 rounding), which saves a third of the operations and gives the same bits::
+
+        mq = m/q,  f = mq - floor(mq) = c/q,  s = f + round(t/(q eps) - f) = m_hat/q,  value = s * (q eps)
+
+    (``b = 32``: ``f - 1`` from ``f >= 1/2`` up, the signed code over ``q``). Failures: ``s != mq``, i.e.
+    ``m_hat != m``. Also returns ``max |x|`` (nan if any is nan), the range check of :meth:`encode`, so
+    the send needs no separate pass over ``x``."""
     t = x.to(_F64) if u is None else x.to(_F64) + u.to(_F64)
-    m = (t * inv_eps).round()
-    return _decode_math(_codes_math(m, inv_q, q, half), key, u, m, out, inv_eps_q, inv_q, q, eps)
+    mq = (t * inv_eps).round() * inv_q
+    f = mq - mq.floor()
+    if wide:
+        f = torch.where(f >= 0.5, f - 1.0, f)
+    k = key.to(_F64) if u is None else key.to(_F64) + u.to(_F64)
+    s = f + (k * inv_eps_q - f).round()
+    v = s * qeps
+    out.copy_(v if u is None else v - u.to(_F64))
+    return (s != mq).sum(), x.abs().amax()
 
 
 class LatticeQuantizer:
@@ -124,6 +139,10 @@ class LatticeQuantizer:
             top = torch.maximum(lo.neg(), hi).item()    # nan propagates
         else:
             top = 0.0
+        return self._dtype_for(top)
+
+    def _dtype_for(self, top: float) -> torch.dtype:
+        """:meth:`_integer_dtype` from ``top``, the largest ``|x|`` (nan if any coordinate is nan)."""
         if not math.isfinite(top) or top * self.inv_eps + 1 >= 2.0 ** 62:
             raise ValueError(f"x: {self.name} needs finite values with |x|/eps < 2**62, got max |x| = {top} "
                              f"with eps = {self.eps}")
@@ -236,15 +255,20 @@ class LatticeQuantizer:
             _check_vec(key, n, "key", any_float=True, device=dev)
         seed = self._draw_seed(generator, dev)
         wide = self.bits_per_coord == 32
-        wrap = self._integer_dtype(x) == torch.int64 and wide     # checks x; int32 m: a 32-bit code is m itself
         out = _check_out(out, n, dev)
         inv_eps_q, inv_q, q = self._consts()
-        fails = kernels.FAILED
+        res = kernels.FAILED
         if self._compiles(key, n, dev):
-            fails = kernels.run_compiled(_send_math, x, key, self._whole_dither(seed, n, dev), out, self.inv_eps,
-                                         inv_eps_q, inv_q, q, 2.0 ** 31 if wide else q, self.eps)
-        if fails is kernels.FAILED:
+            # the range check comes back with the failures: one pass over x (x out of range: ``out`` is
+            # overwritten, then the same error as encode's)
+            res = kernels.run_compiled(_send_math, x, key, self._whole_dither(seed, n, dev), out, self.inv_eps,
+                                       inv_eps_q, q * self.eps, inv_q, wide)
+        if res is kernels.FAILED:
+            wrap = self._integer_dtype(x) == torch.int64 and wide  # checks x; int32 m: a 32-bit code is m itself
             fails = self._send_eager(x, key, seed, out, wide, wrap)
+        else:
+            fails, top = res
+            self._dtype_for(float(top))
         return Sent(out, int(fails), self.bits_per_coord * n + (0 if seed is None else _SEED_BITS))
 
     def _send_eager(self, x, key, seed, out, wide, wrap) -> torch.Tensor:
