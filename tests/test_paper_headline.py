@@ -84,3 +84,32 @@ def test_per_run_time_to_target_is_the_analysis_one_with_ties_by_server_step():
     assert run.reached and run.time_to_target == 10.0 and run.gbits_to_target == 2.0   # server step 1, not 2
     never = ph.per_run(rows, 0.95).iloc[0]
     assert not never.reached and math.isnan(never.time_to_target) and math.isnan(never.gbits_to_target)
+
+
+def test_runs_are_taken_from_the_first_listed_device_that_has_them(tmp_path):
+    """A campaign may be computed partly on a GPU: the device is part of a run's configuration, so each
+    (variant, seed) is looked up on each listed device in turn, and the table says where each came from."""
+    import dataclasses
+
+    spec = {**SPEC, "devices": ["cpu", "cuda"]}
+    for label, seed, cfg in ph.run_configs(spec, "small"):
+        if label != "A":
+            continue
+        # seed 0 on both devices (different curves), seed 1 only on cuda, seed 2 only on cpu
+        for dev, accs in (("cpu", [0.1, 0.2, 0.3, 0.4]), ("cuda", [0.1, 0.5, 0.6, 0.9])):
+            if (dev, seed) in {("cuda", 2), ("cpu", 1)}:
+                continue
+            c = dataclasses.replace(cfg, device=dev)
+            archive.add(_table(c, accs, [1 - a for a in accs], 1e9), c, tmp_path / "small", data_fingerprint="d",
+                        code_fingerprint="c", git_commit=None)
+    results, missing, prov = ph.collect(spec, "small", roots=[tmp_path], verify_data=False)
+    assert {(p["seed"], p["device"]) for p in prov} == {(0, "cpu"), (1, "cuda"), (2, "cpu")}
+    runs = ph.per_run(results, target=0.6).set_index("seed")
+    assert runs.loc[0, "final_accuracy"] == 0.4 and runs.loc[1, "final_accuracy"] == 0.9   # cpu first, then cuda
+    table = ph.headline(results, target=0.6)
+    assert table.loc[0, "devices"] == "cpu 2, cuda 1"
+    assert "cpu 2, cuda 1" in ph.markdown(table, 0.6)
+    assert sorted(missing) == [("B", 0), ("B", 1), ("B", 2)]
+    # without the device list only the runs' own device (the default, cpu) is looked up
+    _, missing_cpu, _ = ph.collect(SPEC, "small", roots=[tmp_path], verify_data=False)
+    assert ("A", 1) in missing_cpu and ("A", 0) not in missing_cpu

@@ -20,6 +20,7 @@ on the configuration alone and the output says that the data were not verified.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -59,17 +60,29 @@ def run_configs(spec: dict, experiment: str) -> list[tuple[str, int, RunConfig]]
 
 
 def collect(spec: dict, experiment: str, roots: Iterable[str | Path] | None = None,
-            verify_data: bool = True) -> tuple[pd.DataFrame, list[tuple[str, int]], list[dict]]:
-    """The archived tables of ``experiment`` with a ``label`` column, the (label, seed) pairs not archived yet,
-    and each table's provenance."""
+            verify_data: bool = True, devices: Sequence[str] | None = None,
+            ) -> tuple[pd.DataFrame, list[tuple[str, int]], list[dict]]:
+    """The archived tables of ``experiment`` with ``label`` and ``device`` columns, the (label, seed) pairs not
+    archived yet, and each table's provenance.
+
+    ``devices`` (default: the campaign file's ``devices``, else the run's own ``device``): where a run may have
+    been computed.  The device is part of a run's configuration (CUDA and CPU agree in distribution, not in the
+    last bits), so each (label, seed) is looked up on each device in turn and the first archived one is used; the
+    ``device`` column and the table say which."""
     frames, missing, provenance = [], [], []
+    devices = list(devices or spec.get("devices") or [])
     for label, seed, cfg in run_configs(spec, experiment):
-        df = archive.lookup(cfg, roots, verify_data=verify_data)
+        df = None
+        for dev in devices or [cfg.device]:
+            df = archive.lookup(dataclasses.replace(cfg, device=dev), roots, verify_data=verify_data)
+            if df is not None:
+                break
         if df is None:
             missing.append((label, seed))
             continue
-        provenance.append({"label": label, "seed": seed, **df.attrs["provenance"]})
-        frames.append(df.assign(label=label))
+        dev = dev if devices else cfg.device
+        provenance.append({"label": label, "seed": seed, "device": dev, **df.attrs["provenance"]})
+        frames.append(df.assign(label=label, device=dev))
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return results, missing, provenance
 
@@ -100,7 +113,8 @@ def per_run(results: pd.DataFrame, target: float) -> pd.DataFrame:
         zero = run[(run.split == "sim") & (run.metric == "zero_step_fraction_slow")].sort_values("time")
         diverged = bool(((run.split == "status") & (run.metric == "diverged")).any())
         rows.append({
-            "label": label, "seed": int(seed), "final_time": float(acc.time.iloc[-1]),
+            "label": label, "seed": int(seed), "device": str(run["device"].iloc[0]) if "device" in run else "cpu",
+            "final_time": float(acc.time.iloc[-1]),
             "final_accuracy": float(acc.value.iloc[-1]), "final_loss": float(loss.value.iloc[-1]),
             "best_accuracy": float(acc.value.max()), "reached": bool(hit["reached"]),
             "time_to_target": float(hit["time"]), "gbits_to_target": float(hit["bits"]) / 1e9,
@@ -119,7 +133,8 @@ def headline(results: pd.DataFrame, target: float, order: Sequence[str] | None =
         if r.empty:
             continue
         row: dict[str, Any] = {"label": label, "seeds": len(r), "reached": int(r.reached.sum()),
-                               "diverged": int(r.diverged.sum())}
+                               "diverged": int(r.diverged.sum()),
+                               "devices": ", ".join(f"{d} {n}" for d, n in r.device.value_counts(sort=False).items())}
         for col in ("final_accuracy", "final_loss", "time_to_target", "gbits_to_target", "zero_step_slow",
                     "local_steps"):
             row[col], row[col + "_ci"] = mean_ci(r[col].tolist())
@@ -136,14 +151,14 @@ def _pm(mean: float, half: float, fmt: str) -> str:
 def markdown(table: pd.DataFrame, target: float) -> str:
     """The headline table as markdown (± is the 95 % CI half-width over seeds; — where nothing to show)."""
     lines = [f"| variant | seeds | final accuracy % | final loss | time to {target:.0%} (reached) | "
-             "Gbit to target | slow zero-step contacts | local steps |", "|---" * 8 + "|"]
+             "Gbit to target | slow zero-step contacts | local steps | runs on |", "|---" * 9 + "|"]
     for r in table.itertuples():
         lines.append(f"| {r.label} | {r.seeds} | {_pm(100 * r.final_accuracy, 100 * r.final_accuracy_ci, '.1f')} | "
                      f"{_pm(r.final_loss, r.final_loss_ci, '.3f')} | "
                      f"{_pm(r.time_to_target, r.time_to_target_ci, '.0f')} ({r.reached}/{r.seeds}) | "
                      f"{_pm(r.gbits_to_target, r.gbits_to_target_ci, '.1f')} | "
                      f"{_pm(100 * r.zero_step_slow, 100 * r.zero_step_slow_ci, '.1f')} % | "
-                     f"{_pm(r.local_steps, r.local_steps_ci, '.0f')} |")
+                     f"{_pm(r.local_steps, r.local_steps_ci, '.0f')} | {r.devices} |")
     return "\n".join(lines)
 
 
@@ -171,10 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=None, help="target accuracy (default: the campaign file's)")
     ap.add_argument("--out", default=str(ROOT / "figures" / "paper"), help="figure folder (default: %(default)s)")
     ap.add_argument("--no-verify-data", action="store_true", help="match archived runs on the configuration only")
+    ap.add_argument("--devices", default=None,
+                    help="comma-separated devices a run may come from, first found wins (default: the campaign file's)")
     args = ap.parse_args(argv)
     spec = load_spec(args.spec)
     target = args.target if args.target is not None else float(spec.get("target", 0.4))
-    results, missing, provenance = collect(spec, args.experiment, verify_data=not args.no_verify_data)
+    results, missing, provenance = collect(spec, args.experiment, verify_data=not args.no_verify_data,
+                                           devices=args.devices.split(",") if args.devices else None)
     if results.empty:
         print(f"no archived runs of {args.experiment} yet ({len(missing)} missing)")
         return 1
