@@ -6,8 +6,10 @@ module reads the environment (``tests/test_architecture.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator, Mapping
 
 
 def get(name: str, default: str | None = None) -> str | None:
@@ -28,3 +30,16 @@ def cache_dir() -> Path:
 def quant_compile() -> str | None:
     """``$QAFL_QUANT_COMPILE``: ``auto`` (default), ``on`` or ``off`` -- whether the lattice kernels are compiled."""
     return os.environ.get("QAFL_QUANT_COMPILE")
+
+
+@contextlib.contextmanager
+def children_environment(updates: Mapping[str, str]) -> Iterator[None]:
+    """Variables for the processes started inside the block (notebook kernels inherit them); the process's own
+    environment is restored on the way out."""
+    saved = dict(os.environ)
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

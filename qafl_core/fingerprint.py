@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qafl_core import environment
 from qafl_core.data import build
 
 _PKG_DIR = Path(__file__).resolve().parent
@@ -123,7 +123,7 @@ def source_key(cfg) -> dict[str, Any]:
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("QAFL_CACHE_DIR") or Path.home() / ".cache" / "qafl") / "fingerprints"
+    return environment.cache_dir() / "fingerprints"
 
 
 def _read_disk(key: str, material: str) -> str | None:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from qafl_core import outputs
+from qafl_core import environment, outputs
 from qafl_core.experiments import manifest, planned_choices
 
 #: Paper order; notebooks found in the folder but not listed here run after these, alphabetically.
@@ -163,7 +163,7 @@ def install_private_kernel(root: Path | None = None) -> str:
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": f"Python {sys.version_info[0]}.{sys.version_info[1]} (qafl)", "language": "python"}))
-    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    paths = [p for p in (environment.get("JUPYTER_PATH") or "").split(os.pathsep) if p]
     if str(base) not in paths:
         os.environ["JUPYTER_PATH"] = os.pathsep.join([str(base), *paths])
     return "qafl-python3"
@@ -173,7 +173,7 @@ def install_private_kernel(root: Path | None = None) -> str:
 def kernel_environment(repo_root: Path) -> dict[str, str]:
     """Environment variables the kernels inherit: the import path of this checkout (run settings are notebook
     parameters, :func:`run_settings`)."""
-    return {"PYTHONPATH": os.pathsep.join([str(repo_root), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    return {"PYTHONPATH": os.pathsep.join([str(repo_root), *filter(None, [environment.get("PYTHONPATH")])]),
             "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
 
@@ -298,13 +298,8 @@ def reproduce(args: argparse.Namespace) -> int:
     executed_dir.mkdir(parents=True, exist_ok=True)
     if fallbacks and not args.output_dir:
         print(f"qafl reproduce: {_fallback_note(fallbacks)}", flush=True)
-    saved = dict(os.environ)
-    os.environ.update(kernel_environment(repo_root))  # kernels inherit it
-    try:
+    with environment.children_environment(kernel_environment(repo_root)):   # kernels inherit it
         return _run_all(args, names, profiles, settings, nb_dir, output_dir, executed_dir, repo_root)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _estimate(args: argparse.Namespace, names: list[str], profiles: dict, repo_root: Path) -> int:
@@ -346,7 +341,7 @@ def _run_all(args: argparse.Namespace, names: list[str], profiles: dict, setting
     kernel = kernel_name()
     commit = manifest.git_commit(repo_root)
     top = {"git_commit": commit, "profile": args.profile, "python": sys.version.split()[0], "backend": args.backend,
-           "jobs": args.jobs, "data_dir": os.environ.get("QAFL_DATA_DIR"),
+           "jobs": args.jobs, "data_dir": environment.data_dir(),
            "command": "qafl reproduce " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["reproduce"] else [])}
     started = time.time()
     print(f"qafl reproduce: {len(names)} notebook(s), profile '{args.profile}', {args.jobs} job(s), kernel {kernel}, "

@@ -17,10 +17,7 @@ MAX_LINES = 250
 KNOWN_CYCLES = {
 }
 #: Modules other than :mod:`qafl_core.environment` that still read ``os.environ``, to be moved onto it.
-KNOWN_ENV_READERS = {
-    "qafl_core.fingerprint": "QAFL_CACHE_DIR of the fingerprint cache",
-    "qafl_core.reproduce": "QAFL_CACHE_DIR, JUPYTER_PATH, PYTHONPATH of the notebook kernels",
-}
+KNOWN_ENV_READERS: dict[str, str] = {}
 #: Modules over MAX_LINES without a stated reason, to be split or given one by their owners.
 KNOWN_LONG: dict[str, str] = {}
 
