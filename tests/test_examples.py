@@ -8,7 +8,7 @@ import nbformat
 import pytest
 import torch
 
-from qafl_core.algorithms import ALGORITHMS
+from qafl_core.algorithms import ALGORITHMS, LABELS
 from qafl_core.config import RunConfig
 from qafl_core.data.registry import DATASETS, data_available, label, load_dataset
 from qafl_core.models import MODELS, build_model, default_model
@@ -25,7 +25,7 @@ TINY = dict(dataset="two_gaussians", algorithm="fedavg_momentum", quantizer="sig
 @pytest.fixture
 def registered():
     """Register the four examples for one test, then remove them (the registries are process-wide)."""
-    tables = (ALGORITHMS, BUILDERS, DATASETS, MODELS)
+    tables = (ALGORITHMS, LABELS, BUILDERS, DATASETS, MODELS)
     before = [set(t) for t in tables]
     register_all()
     yield
