@@ -24,10 +24,9 @@ runs stay deterministic:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from typing import Iterator, Sequence
+from typing import Callable, Sequence
 
 from qafl_core.timing import expected_steps_per_contact
 
@@ -55,24 +54,24 @@ def heavy_tailed(mean_step: float, round_time: float, contact_prob: float) -> bo
     return mean_step * -math.log1p(-contact_prob) >= round_time
 
 
-class _Fixed:
-    """Context manager yielding fixed factors and changing nothing (``none`` and ``estimate``)."""
+class Contact:
+    """One contact of some clients: ``factors[j]`` multiplies client ``clients[j]``'s step size, and
+    :meth:`finish`, called once their local SGD is done, applies what follows it (``normalized`` rescales the
+    progress; the realised-progress modes record the contacts)."""
 
-    def __init__(self, factors: list[float]):
-        self.factors = factors
+    def __init__(self, factors: list[float], after: Callable[[], None] | None = None):
+        self.factors, self._after = factors, after
 
-    def __enter__(self) -> list[float]:
-        return self.factors
-
-    def __exit__(self, *exc) -> bool:
-        return False
+    def finish(self) -> None:
+        if self._after is not None:
+            self._after()
 
 
 class SpeedCorrection:
-    """The policy of one QuAFL simulation; ``contact(clients, ks)`` wraps the contacted clients' local SGD.
+    """The policy of one QuAFL simulation; ``contact(clients, ks)`` surrounds the contacted clients' local SGD.
 
-    Inside ``with policy.contact(clients, ks) as factors:`` the caller runs client ``clients[j]``'s ``ks[j]``
-    steps with its step size times ``factors[j]``; on leaving, ``normalized`` rescales the progress and the
+    ``c = policy.contact(clients, ks)``: the caller runs client ``clients[j]``'s ``ks[j]`` steps with its step
+    size times ``c.factors[j]``, then calls ``c.finish()``: ``normalized`` rescales the progress and the
     realised-progress estimates record the contacts.  Running estimates live in ``sim.speed_state`` (plain
     lists, saved with the checkpoint), read through ``sim`` at each call so a resumed state is used.
     """
@@ -97,25 +96,28 @@ class SpeedCorrection:
             st["pending"], st["round"] = [], self.sim.server_steps
         return [(s + self.K) / (c + 1) for s, c in zip(st["steps"], st["contacts"])]
 
-    def contact(self, clients: Sequence[int], ks: Sequence[int]):
+    def contact(self, clients: Sequence[int], ks: Sequence[int]) -> Contact:
         if self.mode in ("none", "estimate"):
-            return _Fixed([self._fixed[i] for i in clients])
-        return self._realised(list(clients), list(ks))
-
-    @contextlib.contextmanager
-    def _realised(self, clients: list[int], ks: list[int]) -> Iterator[list[float]]:
+            return Contact([self._fixed[i] for i in clients])
+        clients, ks = list(clients), list(ks)
         h = self.steps_per_contact()
         mean_h = sum(h) / len(h)
-        rows = self.sim.clients
+
+        def record() -> None:
+            self.sim.speed_state["pending"].extend([i, k] for i, k in zip(clients, ks))
+
         if self.mode == "lr":
-            yield [clip(mean_h / h[i], self.cap) for i in clients]
-        else:
-            scale = {i: clip(mean_h / k, self.cap) for i, k in zip(clients, ks) if k}
-            start = {i: rows[i].clone() for i, g in scale.items() if g != 1.0}
-            yield [1.0] * len(clients)
+            return Contact([clip(mean_h / h[i], self.cap) for i in clients], record)
+        rows = self.sim.clients
+        scale = {i: clip(mean_h / k, self.cap) for i, k in zip(clients, ks) if k}
+        start = {i: rows[i].clone() for i, g in scale.items() if g != 1.0}
+
+        def rescale() -> None:
             for i, x in start.items():  # Y_i <- X_i + g (Y_i - X_i); g = 1 leaves the row untouched, bit for bit
                 rows[i].sub_(x).mul_(scale[i]).add_(x)
-        self.sim.speed_state["pending"].extend([i, k] for i, k in zip(clients, ks))
+            record()
+
+        return Contact([1.0] * len(clients), rescale)
 
     # ------------------------------------------------------------------ Monte-Carlo estimate
     def _estimated_factors(self) -> list[float]:

@@ -71,13 +71,12 @@ class QuAFL(Simulation):
             i = contacted[j]
             ks.append(self._completed_steps(i, now))
             contacts.append(self.speed.contact([i], [ks[j]]))
-            factor = contacts[j].__enter__()[0]
-            return self.clients[i], ks[j], self.client_lr[i] * f * factor
+            return self.clients[i], ks[j], self.client_lr[i] * f * contacts[j].factors[0]
 
         def answer(j: int) -> None:
             """Client i sends its model and averages it with the server's."""
             i = contacted[j]
-            contacts[j].__exit__(None, None, None)    # speed_correction: normalized rescales the progress here
+            contacts[j].finish()    # speed_correction: normalized rescales the progress here
             self.record_contact(i, ks[j])
             self.exchange(i, down, acc)
 

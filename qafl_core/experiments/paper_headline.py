@@ -80,7 +80,6 @@ def collect(spec: dict, experiment: str, roots: Iterable[str | Path] | None = No
         if df is None:
             missing.append((label, seed))
             continue
-        dev = dev if devices else cfg.device
         provenance.append({"label": label, "seed": seed, "device": dev, **df.attrs["provenance"]})
         frames.append(df.assign(label=label, device=dev))
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
