@@ -34,6 +34,8 @@ __all__ = ["ClientBatcher", "Diverged", "NeuralTask", "Task", "train_one_by_one"
 
 class Task(Protocol):
     dim: int
+    # optional: ``num_params``, the number of leading coordinates that are parameters (the rest are BatchNorm
+    # statistics, which the server averages instead of stepping); without it every coordinate is a parameter
     segments: list[int]
     num_clients: int
 
@@ -93,6 +95,7 @@ class NeuralTask:
                                   generator=torch_generator(seed, "model_init")).to(self.device)
         self.flat = FlatModel(self.module)
         self.dim = self.flat.dim
+        self.num_params = self.flat.num_params      # the vector's first num_params coordinates; then BN statistics
         self.segments = self.flat.segments
         self.batcher = ClientBatcher(dataset.train_counts(), batch_size, seed)
         self.offsets = [int(o) for o in dataset.train_offsets]

@@ -265,3 +265,33 @@ def test_fedbuff_concurrency_bench_line_on_a_tiny_workload(capsys):
     assert line.detail["sit=1"]["local_steps_2s"] < line.detail["sit=1"]["local_steps_n"]
     assert main(["bench", "--tiny", "--json", "--only", "fedbuff_concurrency"]) == 0
     assert "fedbuff_concurrency" in capsys.readouterr().out
+
+
+def test_batchnorm_statistics_take_the_arrivals_mean_not_stale_displacements():
+    # Fashion-MNIST CNN (two BatchNorm layers) on random images, every client busy: most updates are stale.
+    # Stepping the running variances by stale displacements drove them below zero (NaN loss); they must be
+    # the plain mean of the Z arrivals' trained statistics, and the parameters still get the buffered step.
+    cfg = RunConfig(algorithm="fedbuff", dataset="fmnist", model="fmnist_cnn", num_clients=6, clients_per_round=3,
+                    local_steps=2, batch_size=4, lr=0.05, sit=0.5, progress=False, time_limit=1e9)
+    ds = random_dataset("fmnist", cfg.num_clients, 12, (1, 28, 28), 10, seed=1)
+    sim = build_simulation(cfg, NeuralTask(ds, "fmnist_cnn", cfg.seed, cfg.batch_size))
+    p, flat = sim.num_params, sim.task.flat
+    assert 0 < p < sim.task.dim                      # the vector holds BatchNorm statistics after the parameters
+    arrived, real = [], sim.receive
+
+    def receive(arrival, start):
+        arrived.append((arrival.staleness, sim.clients[arrival.client][p:].clone(), start[:p].clone(),
+                        sim.clients[arrival.client][:p].clone()))
+        real(arrival, start)
+
+    sim.receive = receive
+    for _ in range(12):
+        before, arrived[:] = sim.server.clone(), []
+        sim.step()
+        stats = torch.stack([a[1] for a in arrived])
+        assert torch.allclose(sim.server[p:], stats.mean(0), atol=1e-6, rtol=1e-6)
+        step = torch.stack([a[2] - a[3] for a in arrived]).mean(0)
+        assert torch.allclose(sim.server[:p], before[:p] - step, atol=1e-6, rtol=1e-5)
+    assert max(a[0] for a in arrived) > 0            # stale arrivals were exercised
+    variances = [v for name, v in flat.views(sim.server).items() if name.endswith("running_var")]
+    assert variances and all(bool((v > 0).all()) for v in variances)
