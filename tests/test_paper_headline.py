@@ -1,5 +1,6 @@
 """The paper profile's headline numbers from archived runs (qafl_core/experiments/paper_headline.py)."""
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -113,3 +114,13 @@ def test_runs_are_taken_from_the_first_listed_device_that_has_them(tmp_path):
     # without the device list only the runs' own device (the default, cpu) is looked up
     _, missing_cpu, _ = ph.collect(SPEC, "small", roots=[tmp_path], verify_data=False)
     assert ("A", 1) in missing_cpu and ("A", 0) not in missing_cpu
+
+
+@pytest.mark.parametrize("path", sorted((Path(ph.ROOT) / "configs" / "paper").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_campaign_file_builds_valid_run_configs(path):
+    spec = ph.load_spec(path)
+    for experiment in spec["experiments"]:
+        runs = ph.run_configs(spec, experiment)          # RunConfig validates every key and value
+        assert len(runs) == len(spec["seeds"]) * len(spec["variants"])
+        assert len({cfg.config_hash() for _, _, cfg in runs}) == len(runs)    # no two runs share a result
+    assert 0 < float(spec.get("target", 0.4)) <= 1
