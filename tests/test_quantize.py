@@ -612,3 +612,31 @@ def test_a_registered_quantizer_can_send_via_decode(monkeypatch):
     assert isinstance(s, qz.Sent) and torch.equal(s.value, x) and s.bits == 160 and s.failures == 0
     out = torch.empty(10)
     assert q.send(x, None, out=out).value is out and torch.equal(out, x)
+
+
+@pytest.mark.slow
+def test_compiled_decode_reuses_a_messages_float32_operands_only_for_that_message():
+    """The server's message is decoded by every contacted client: its codes and oracle are converted to float32
+    once (exact below 2**24) and reused. Every decode must equal the eager one bit for bit, across messages
+    decoded in between and for oracles too large for float32 (no reuse then)."""
+    q = make_quantizer("lattice", 12, 1e-3)
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = torch.randn(3000, generator=g), torch.randn(3000, generator=g) * 3
+    big = torch.full((3000,), 2.0 ** 25 * 1e-3) + torch.randn(3000, generator=g)    # |m| >= 2**24
+    msgs = {"a": q.encode(x1), "b": q.encode(x2), "big": q.encode(big)}
+    keys = {"a": x1 + 0.5, "b": x2 - 1.0, "big": big + 0.3}
+    expected = {}
+    with kernels.compiling("off"):
+        for k, msg in msgs.items():
+            for shift in (0.0, 3.0):                  # 3.0: outside the window, so failures are counted
+                d = q.decode(msg, keys[k] + shift)
+                expected[k, shift] = (d.value.clone(), d.failures)
+    with kernels.compiling("on"):
+        for k, shift in [("a", 0.0), ("a", 3.0), ("b", 0.0), ("a", 0.0), ("big", 3.0), ("big", 0.0), ("a", 3.0),
+                         ("b", 3.0)]:
+            d = q.decode(msgs[k], keys[k] + shift)
+            value, failures = expected[k, shift]
+            assert torch.equal(d.value, value) and d.failures == failures, (k, shift)
+            reused = q.ws.memo is not None and q.ws.memo[0] is msgs[k]
+            assert reused == (k != "big"), k
+    assert expected["a", 3.0][1] > 0 and kernels.compile_status()["failed"] is None

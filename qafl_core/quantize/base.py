@@ -128,6 +128,9 @@ class Workspace:
 
     def __init__(self) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
+        #: (message, derived tensors): what a quantizer derived from the last message it decoded, for that
+        #: message's other receivers; holds the message itself, so ``is`` identifies it
+        self.memo: tuple | None = None
 
     def get(self, name: str, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         buf = self._bufs.get(name)
@@ -136,4 +139,4 @@ class Workspace:
         return buf[:n]
 
     def __getstate__(self) -> dict:
-        return {"_bufs": {}}
+        return {"_bufs": {}, "memo": None}
