@@ -50,7 +50,7 @@ class NullTask:
     num_params = 1
     segments = [1]
     batched = False
-    supports_batched = True
+    supports_batched = True     # a run with batched_clients is estimated too (it trains one by one here)
 
     def __init__(self, num_clients: int):
         self.num_clients = int(num_clients)
@@ -59,9 +59,6 @@ class NullTask:
         return torch.zeros(1)
 
     def local_sgd(self, row: torch.Tensor, client: int, num_steps: int, lr: float) -> None:
-        pass
-
-    def local_sgd_many(self, rows, clients, num_steps, lrs) -> None:
         pass
 
     def evaluate(self, vec: torch.Tensor) -> dict[str, float]:
