@@ -163,12 +163,18 @@ class Simulation:
             self.zero_step_contacts[cls] += 1
         self.local_steps += steps
 
-    def apply_server_delta(self, mean_delta: torch.Tensor, server_lr: float) -> None:
-        """``X -= server_lr * mean_delta`` on parameters; buffers (BatchNorm statistics) take the plain mean."""
+    def apply_server_delta(self, mean_delta: torch.Tensor, server_lr: float,
+                           stats: torch.Tensor | None = None) -> None:
+        """``X -= server_lr * mean_delta`` on parameters. Buffers (BatchNorm statistics) become the clients' mean:
+        ``stats`` when given (FedBuff: arrivals that started from older models), else ``X - mean_delta`` on them,
+        which is that mean when every client started from X (FedAvg)."""
         p = self.num_params
         self.server[:p].sub_(mean_delta[:p], alpha=server_lr)
         if p < self.server.numel():
-            self.server[p:].sub_(mean_delta[p:])
+            if stats is not None:
+                self.server[p:].copy_(stats)
+            else:
+                self.server[p:].sub_(mean_delta[p:])
 
     # ------------------------------------------------------------------ reporting
     def counters(self) -> dict[str, float]:

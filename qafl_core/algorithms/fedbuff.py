@@ -83,10 +83,9 @@ class FedBuff(AsyncSimulation):
     def server_update(self) -> None:
         """``X <- X - server_lr * (1/Z) sum_i w(tau_i) Q(Delta_i)`` on the parameters; the statistics become
         the arrivals' mean."""
-        z, p = self.arrivals_per_step, self.num_params
-        self.server[:p].sub_(self._buffer[:p].div_(z), alpha=self.cfg.server_lr)
-        if self._stats is not None:
-            torch.div(self._stats, z, out=self.server[p:])
+        z = self.arrivals_per_step
+        stats = None if self._stats is None else self._stats.div_(z)
+        self.apply_server_delta(self._buffer.div_(z), self.cfg.server_lr, stats)
 
     def _down_message(self):
         if self._down_cache is None or self._down_cache[0] != self.server_steps:
