@@ -10,6 +10,9 @@ One place for what each send involves (docs/quantizers.md):
   as ``bits_up`` (client to server) or ``bits_down`` (server to client(s)). A message decoded once for many
   receivers (a broadcast) is counted once per receiver.
 * **Decode failures** (coordinates a lattice decoded outside its window): counted and logged, never silent.
+* **Averaging on arrival**: ``send(..., add_to=acc)`` adds an upload into the server's sum and
+  :meth:`Channel.decode_mix` averages a download into the client's model, each bit for bit the separate
+  steps; the lattice fuses them into its own pass (one fewer write and read of the model per message).
 * **One-receiver messages** (an upload, a download encoded for one client) go through :meth:`Channel.send`:
   the quantizer's fused ``send`` (encode and decode in one pass, no codes; the same value, bits and failures
   as :meth:`Channel.encode` then :meth:`Channel.decode`, tested bit for bit) into a work buffer the channel
@@ -54,21 +57,30 @@ class Channel:
         return q.encode(x, torch_generator(self.seed, "quant", step, *msg_id, device=self.device))
 
     def send(self, x: torch.Tensor, key: torch.Tensor | None, direction: str, time: float, step: int,
-             *msg_id: object, quantizer=None, receivers: int = 1) -> torch.Tensor:
+             *msg_id: object, quantizer=None, receivers: int = 1, add_to: torch.Tensor | None = None
+             ) -> torch.Tensor:
         """Encode ``x`` (stream ``("quant", step, *msg_id)``) and deliver it at once: :meth:`encode` then
         :meth:`decode`, with the same value, bits and failures, in one pass without the codes.
 
         The value is the channel's work buffer (or ``x`` itself for the engine's zero-copy identity): read
-        it before the next send and never change it.
+        it before the next send and never change it. ``add_to``: the receiver adds the value into this
+        vector (the server's sum of uploads) and gets it back, bit for bit ``add_to.add_(value)``; the
+        lattice does it in the send's own pass.
         """
         q = quantizer if quantizer is not None else self.quantizer
         g = torch_generator(self.seed, "quant", step, *msg_id, device=self.device)
+        if add_to is not None and getattr(q, "fused_accumulate", False):
+            sent = q.send(x, key, g, out=add_to, accumulate=True)
+            self._count(q, sent.bits, sent.failures, direction, time, receivers)
+            return add_to
         if not hasattr(q, "send"):                  # a quantizer without a fused send (topk, qsgd_norm)
-            return self.decode(q.encode(x, g), key, direction, time, quantizer=q, receivers=receivers)
-        borrows = isinstance(q, IdentityQuantizer) and not q.copy     # returns x itself: nothing to write
-        sent = q.send(x, key, g, out=None if borrows else self._buffer("send", x))
-        self._count(q, sent.bits, sent.failures, direction, time, receivers)
-        return sent.value
+            value = self.decode(q.encode(x, g), key, direction, time, quantizer=q, receivers=receivers)
+        else:
+            borrows = isinstance(q, IdentityQuantizer) and not q.copy     # returns x itself: nothing to write
+            sent = q.send(x, key, g, out=None if borrows else self._buffer("send", x))
+            self._count(q, sent.bits, sent.failures, direction, time, receivers)
+            value = sent.value
+        return value if add_to is None else add_to.add_(value)
 
     def decode(self, msg, key: torch.Tensor | None, direction: str, time: float, quantizer=None,
                receivers: int = 1, scratch: bool = False) -> torch.Tensor:
@@ -92,6 +104,20 @@ class Channel:
             out = q.decode(msg, key)
         self._count(q, msg.bits, out.failures, direction, time, receivers)
         return out.value
+
+    def decode_mix(self, msg, key: torch.Tensor | None, y: torch.Tensor, p: float, direction: str, time: float,
+                   quantizer=None, receivers: int = 1) -> torch.Tensor:
+        """Deliver ``msg`` to a receiver that averages it into its model ``y``: ``y <- (1-p) y + p v`` with
+        ``v`` the value :meth:`decode` gives against ``key`` (which may be ``y`` itself), bit for bit
+        ``y.mul_(1 - p).add_(v, alpha=p)``; bits and failures counted. The lattice decodes and averages in
+        one pass (:meth:`qafl_core.quantize.LatticeQuantizer.decode_mix`). Returns ``y``."""
+        q = quantizer if quantizer is not None else self.quantizer
+        if not hasattr(q, "decode_mix"):
+            v = self.decode(msg, key, direction, time, quantizer=q, receivers=receivers, scratch=True)
+            return y.mul_(1.0 - p).add_(v, alpha=p)
+        out = q.decode_mix(msg, key, y, p)
+        self._count(q, msg.bits, out.failures, direction, time, receivers)
+        return y
 
     def _count(self, q, bits: int, failures: int, direction: str, time: float, receivers: int) -> None:
         """Count a delivered message's bits (per receiver) and decode failures (logged)."""

@@ -81,3 +81,34 @@ def test_send_reuses_one_work_buffer_and_the_zero_copy_identity_writes_nothing()
     assert ch.decode(msg, x, "server->client", 0.0).data_ptr() != c.data_ptr()   # default: a fresh tensor
     borrow = Channel(make_quantizer("identity").borrowing(), seed=0, device=torch.device("cpu"), name="t")
     assert borrow.send(x, None, "client->server", 0.0, 0, "up", 1) is x and borrow.bits_up == 20 * 32
+
+
+@pytest.mark.parametrize("name,bits", [("lattice", 3), ("lattice", 32), ("dithered_lattice", 4), ("qsgd", 3),
+                                       ("identity", 32), ("topk", 8), ("qsgd_norm", 4)])
+def test_averaging_on_arrival_equals_the_separate_steps(name, bits, caplog):
+    """``send(add_to=acc)`` is ``acc.add_(send(...))`` and ``decode_mix`` is ``decode`` then ``mul_``/``add_``: same
+    bits, counts, failures and log, for every quantizer (eager here; the compiled lattice kernels are held to
+    the same in tests/test_quantize.py). The key is 0.3 away in places, so a 3-bit lattice fails there."""
+    x = torch.linspace(-1, 1, 53)
+    key = x.clone()
+    key[::7] += 0.3
+    fused, plain = (Channel(make_quantizer(name, bits=bits, eps=0.05), seed=3, device=torch.device("cpu"), name="t")
+                    for _ in range(2))
+    acc0 = torch.linspace(0.5, -2.0, 53)
+    acc1 = acc0.clone()
+    assert fused.send(x, key, "client->server", 1.5, 4, "up", 2, add_to=acc0) is acc0
+    acc1.add_(plain.send(x, key, "client->server", 1.5, 4, "up", 2))
+    assert _same_bits(acc0, acc1)
+    msg = fused.encode(x * 0.9, 4, "down")
+    for p, key_is_y in [(1 / 11, True), (1 / 3, False)]:
+        y0 = key.clone()
+        y1 = y0.clone()
+        other = y0 + 0.01
+        assert fused.decode_mix(msg, y0 if key_is_y else other, y0, p, "server->client", 1.5) is y0
+        v = plain.decode(msg, y1 if key_is_y else other, "server->client", 1.5, scratch=True)
+        y1.mul_(1.0 - p).add_(v, alpha=p)
+        assert _same_bits(y0, y1), p
+    counts = [(c.bits_up, c.bits_down, c.decode_failures, c.failed_messages) for c in (fused, plain)]
+    assert counts[0] == counts[1] and counts[0][1] == 2 * msg.bits
+    if name == "lattice" and bits == 3:
+        assert counts[0][2] > 0 and caplog.text.count("fell outside the lattice decoding window at t=1.5") == 2 * 3

@@ -89,6 +89,25 @@ def test_results_table_is_bit_identical(case):
         f"{case}: the results table changed; if that is intended, regenerate GOLDEN (module docstring)")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["quafl-lattice-synthetic-batched", "quafl-lattice-cnn-bn-dropout",
+                                  "fedbuff-lattice-quadratic"])
+def test_compiled_quantizer_kernels_give_the_golden_results(case, monkeypatch):
+    """The same runs with every quantizer kernel compiled (QAFL_QUANT_COMPILE=on; by default only vectors of
+    2**20 coordinates or more compile): the fused send that adds into the server's sum and the client's
+    decode-and-average in one pass must not move a bit (and must have run)."""
+    from qafl_core.quantize import kernels
+
+    ran = []
+    real = kernels.run_compiled
+    monkeypatch.setattr(kernels, "run_compiled", lambda fn, *a: ran.append(fn.__name__) or real(fn, *a))
+    with kernels.compiling("on"):
+        assert table_hash(case) == GOLDEN[case]
+    assert kernels.compile_status()["failed"] is None
+    fused = {"_send_math", "_decode_mix_math"} if case.startswith("quafl") else {"_send_math"}
+    assert fused <= set(ran), sorted(set(ran))
+
+
 if __name__ == "__main__":
     print("GOLDEN = {")
     for name in sorted(CASES):

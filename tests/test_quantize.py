@@ -640,3 +640,49 @@ def test_compiled_decode_reuses_a_messages_float32_operands_only_for_that_messag
             reused = q.ws.memo is not None and q.ws.memo[0] is msgs[k]
             assert reused == (k != "big"), k
     assert expected["a", 3.0][1] > 0 and kernels.compile_status()["failed"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lattice", "dithered_lattice"])
+def test_compiled_averaging_on_arrival_is_bit_identical_to_the_separate_steps(name, monkeypatch):
+    """The lattice's accumulating send (``acc += value``) and decode-and-average (``y <- fma(value, p, y (1-p))``)
+    run as single compiled kernels and give the bits of the separate eager steps: ``acc.add_(send)`` and
+    ``decode`` then ``y.mul_(1 - p).add_(value, alpha=p)`` (torch's CPU add with alpha is a fused multiply-add).
+    Lengths with odd tails, rows of a client matrix, the key being the model itself or another vector, and
+    keys far enough that failures occur; the eager fallbacks are spied on, so a silent fallback cannot pass."""
+    from qafl_core.quantize import lattice
+
+    q = make_quantizer(name, 12, 1e-3)
+    g = gen(61)
+    ran = []
+    real = kernels.run_compiled
+    monkeypatch.setattr(kernels, "run_compiled", lambda fn, *a: ran.append(fn.__name__) or real(fn, *a))
+    for n in (3000, 4103):
+        rows = torch.randn(3, n, generator=g) * 0.2          # clients' models: rows of one matrix
+        server = rows[0] + 0.01 * torch.randn(n, generator=g)
+        server[::97] += 3.0                                  # outside the 12-bit window: failures
+        with kernels.compiling("off"):
+            msg = q.encode(server, gen(5))
+        for i, p in [(1, 1 / 11), (2, 0.5)]:
+            for key_is_y in (True, False):
+                y = rows[i].clone() if key_is_y else rows[i]
+                key = y if key_is_y else rows[i] - 0.002
+                want_y = y.clone()
+                with kernels.compiling("off"):
+                    d = q.decode(msg, want_y if key_is_y else key)
+                    want_y.mul_(1.0 - p).add_(d.value, alpha=p)
+                    acc_want = torch.linspace(-1, 1, n)
+                    s_want = q.send(y, server, gen(9))
+                    acc_want.add_(s_want.value)
+                acc = torch.linspace(-1, 1, n)
+                with kernels.compiling("on"):
+                    s = q.send(y, server, gen(9), out=acc, accumulate=True)
+                    got = q.decode_mix(msg, key, y, p)
+                assert same_bits(acc, acc_want) and s.failures == s_want.failures and s.bits == s_want.bits
+                assert got.value is y and same_bits(y, want_y) and got.failures == d.failures > 0, (n, i, key_is_y)
+                if not key_is_y:
+                    rows[i].copy_(want_y)                     # (y was the row itself)
+    assert ran.count("_decode_mix_math") >= 8 and ran.count("_send_math") == 8
+    assert lattice._MIX_EXACT["cpu"] is True and kernels.compile_status()["failed"] is None
+    with pytest.raises(ValueError, match="^out: send.accumulate=True. adds into out"):
+        q.send(rows[0], server, gen(9), accumulate=True)

@@ -105,10 +105,18 @@ class Simulation:
                                    quantizer=quantizer if quantizer is not None else self.quantizer,
                                    receivers=receivers, scratch=scratch)
 
-    def send(self, x: torch.Tensor, key: torch.Tensor | None, direction: str, *msg_id: object) -> torch.Tensor:
+    def send(self, x: torch.Tensor, key: torch.Tensor | None, direction: str, *msg_id: object,
+             add_to: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`encode` then :meth:`decode` of a one-receiver message in one pass: the value (read it at
-        once, never change it), bits and failures counted (:meth:`qafl_core.channel.Channel.send`)."""
-        return self.channel.send(x, key, direction, self.time, self.server_steps, *msg_id, quantizer=self.quantizer)
+        once, never change it), bits and failures counted (:meth:`qafl_core.channel.Channel.send`).
+        ``add_to``: the value is added into it (``add_to.add_(value)``, fused where the quantizer can)."""
+        return self.channel.send(x, key, direction, self.time, self.server_steps, *msg_id, quantizer=self.quantizer,
+                                 add_to=add_to)
+
+    def decode_mix(self, msg, key: torch.Tensor | None, y: torch.Tensor, p: float, direction: str) -> torch.Tensor:
+        """Deliver ``msg`` to a receiver that averages it into ``y``: ``y.mul_(1 - p).add_(decoded, alpha=p)``,
+        in one pass where the quantizer can (:meth:`qafl_core.channel.Channel.decode_mix`)."""
+        return self.channel.decode_mix(msg, key, y, p, direction, self.time, quantizer=self.quantizer)
 
     # the channel's counters under the names the results table and checkpoints use
     bits_up = property(lambda self: self.channel.bits_up, lambda self, v: setattr(self.channel, "bits_up", v))

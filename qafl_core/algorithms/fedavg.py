@@ -52,7 +52,7 @@ class FedAvg(Simulation):
 
     def _upload(self, i: int, start: torch.Tensor, row: torch.Tensor, down, acc: torch.Tensor) -> float:
         """Client i sends Q(start - row); the server adds it to ``acc``. Returns the client's K-step time."""
-        acc.add_(self.send(torch.sub(start, row, out=self._delta), self.zeros, "client->server", "up", i))
+        self.send(torch.sub(start, row, out=self._delta), self.zeros, "client->server", "up", i, add_to=acc)
         self.record_contact(i, self.cfg.local_steps)
         return self.clocks.draw_sum(i, self.cfg.local_steps)
 

@@ -87,13 +87,12 @@ class QuAFL(Simulation):
         """Client i uploads Enc(Y_i) (the server adds it to ``acc``) and sets ``Y_i <- Q(X)/(s+1) + s Y_i/(s+1)``."""
         cfg, p = self.cfg, self.p
         y = self.clients[i]
-        acc.add_(self.send(y, self.server, "client->server", "up", i))
+        self.send(y, self.server, "client->server", "up", i, add_to=acc)    # acc += Q(Y_i)
         key = self.base[i] if self.base is not None else y
-        q_server = self.decode(down, key, "server->client", scratch=True)
         if cfg.client_averaging:
-            y.mul_(1.0 - p).add_(q_server, alpha=p)
+            self.decode_mix(down, key, y, p, "server->client")      # y.mul_(1 - p).add_(Q(X), alpha=p)
         else:
-            y.copy_(q_server)
+            y.copy_(self.decode(down, key, "server->client", scratch=True))
         if self.base is not None:
             self.base[i].copy_(y)
 

@@ -33,6 +33,7 @@ COMPILE_MIN = 1 << 20      # coordinates; the FEMNIST CNN has 6.6 M, the paper's
 MODES = ("auto", "on", "off")
 _state: dict = {"mode": None, "broken": None}
 _compiled: dict[Callable, Callable] = {}
+RECOMPILE_LIMIT = 64       # compiled variants per kernel (dynamo's default is 8)
 FAILED = object()          # what run_compiled returns when it could not compile: the caller runs eagerly
 
 
@@ -74,6 +75,10 @@ def run_compiled(fn: Callable, *args):
 
         inductor_config.compile_threads = 1      # compile in this process: no worker pool under Ray or the runner
         inductor_config.cpp.threads = 1          # one thread, as the engine runs all its vector arithmetic
+        # each kernel has a few variants (dither, key dtype, accumulate, b = 32), and a process running many
+        # configurations (tests, a notebook's sweep) meets more than dynamo's default of 8 (raised, never lowered;
+        # a context manager per call would cost about 0.4 ms, measured)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         compiled = _compiled[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
     try:
         return compiled(*args)

@@ -1,7 +1,8 @@
 """The paper code's modular lattice quantizer and its dithered extension.
 
-Kept over 250 lines: the encode, decode and fused-send kernels are each written twice (pure ``*_math``
-functions for ``torch.compile``, in-place chunk loops for eager runs) and belong next to each other.
+Kept over 250 lines: the encode, decode, decode-and-average and fused-send kernels are each written twice
+(pure ``*_math`` functions for ``torch.compile``, in-place chunk loops or separate steps for eager runs) and
+belong next to each other.
 
 Per coordinate, in float64 (``u``: the dither, 0 for the plain lattice; ``q = 2**b``)::
 
@@ -16,6 +17,7 @@ integer one for ``|m| < 2**62``. ``failures`` counts ``m_hat != m``.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -34,6 +36,7 @@ from qafl_core.quantize.base import (
 )
 
 _F64 = torch.float64
+log = logging.getLogger("qafl")
 
 
 # ---------------------------------------------------------------------------------------------- pure kernels
@@ -67,7 +70,27 @@ def _decode_math(c, key, u, check, out, inv_eps_q: float, inv_q: float, q: float
     return (m_hat != check.to(_F64)).sum()
 
 
-def _send_math(x, key, u, out, inv_eps: float, inv_eps_q: float, qeps: float, inv_q: float, wide: bool):
+def _decode_mix_math(c, key, u, check, y, inv_eps_q: float, inv_q: float, q: float, eps: float, p, keep):
+    """:func:`_decode_math` into the receiver's average: ``y <- fma(value, p, y * keep)``, the bits of
+    ``y.mul_(1 - p).add_(value, alpha=p)`` (torch's CPU ``add`` with ``alpha`` is a fused multiply-add, so the
+    kernel calls one explicitly: inductor never contracts ``a*b + c`` itself). ``p`` and ``keep`` are float32
+    0-d tensors holding ``p`` and ``1 - p`` as torch rounds those scalars (passed as Python floats, torch 2.13's
+    compiled kernel kept the first call's ``p``; measured). ``key`` None: the key is ``y``."""
+    c = c.to(_F64)
+    t = y.to(_F64) if key is None else key.to(_F64)
+    if u is not None:
+        t = t + u.to(_F64)
+    m_hat = c + (t * inv_eps_q - c * inv_q).round() * q
+    v = m_hat * eps
+    value = (v if u is None else v - u.to(_F64)).to(torch.float32)
+    y.copy_(torch.ops.prims.fma(value, p, y * keep))
+    if check is None:
+        return torch.zeros((), dtype=torch.int64, device=c.device)
+    return (m_hat != check.to(_F64)).sum()
+
+
+def _send_math(x, key, u, out, inv_eps: float, inv_eps_q: float, qeps: float, inv_q: float, wide: bool,
+               accumulate: bool = False):
     """Fused send, written in units of ``q`` (exact: ``q`` is a power of two, and scaling by one commutes
     with float64 rounding), which saves a third of the operations and gives the same bits::
 
@@ -75,7 +98,8 @@ def _send_math(x, key, u, out, inv_eps: float, inv_eps_q: float, qeps: float, in
 
     (``b = 32``: ``f - 1`` from ``f >= 1/2`` up, the signed code over ``q``). Failures: ``s != mq``, i.e.
     ``m_hat != m``. Also returns ``max |x|`` (nan if any is nan), the range check of :meth:`encode`, so
-    the send needs no separate pass over ``x``."""
+    the send needs no separate pass over ``x``. ``accumulate``: ``out += value`` (one float32 addition, the
+    bits of ``out.add_(value)``) instead of ``out = value``."""
     t = x.to(_F64) if u is None else x.to(_F64) + u.to(_F64)
     mq = (t * inv_eps).round() * inv_q
     f = mq - mq.floor()
@@ -84,7 +108,8 @@ def _send_math(x, key, u, out, inv_eps: float, inv_eps_q: float, qeps: float, in
     k = key.to(_F64) if u is None else key.to(_F64) + u.to(_F64)
     s = f + (k * inv_eps_q - f).round()
     v = s * qeps
-    out.copy_(v if u is None else v - u.to(_F64))
+    w = v if u is None else v - u.to(_F64)
+    out.copy_(out + w.to(torch.float32) if accumulate else w)   # accumulate: float32 sum, as ``out.add_(value)``
     return (s != mq).sum(), x.abs().amax()
 
 
@@ -99,6 +124,7 @@ class LatticeQuantizer:
 
     name = "lattice"
     needs_key = True
+    fused_accumulate = True    # ``send(..., accumulate=True)`` adds the value into ``out`` in the same pass
 
     def __init__(self, bits: int, eps: float, segments: list[int] | None = None):
         self.bits_per_coord, self.eps = bits, eps
@@ -212,6 +238,33 @@ class LatticeQuantizer:
             fails = self._decode_eager(codes, key, seed, check, out)
         return Decoded(out, int(fails))
 
+    def decode_mix(self, msg: Message, key: torch.Tensor | None, y: torch.Tensor, p: float) -> Decoded:
+        """The receiver averages the message into its model: ``y <- (1-p) y + p decode(msg, key)`` in one pass,
+        bit for bit ``v = decode(msg, key).value; y.mul_(1 - p).add_(v, alpha=p)`` (``key`` may be ``y``
+        itself; it is read before ``y`` changes). Returns ``Decoded(y, failures)``.
+
+        The one-pass kernel runs where the decode compiles and only once a check in this process found that
+        its fused multiply-add gives torch's bits (:func:`_mix_is_exact`); otherwise the two steps run as
+        written."""
+        n, codes, check = msg.numel, msg.payload["codes"], msg.check
+        dev = codes.device
+        _check_vec(y, n, "y", device=dev)
+        if key is not None:
+            _check_vec(key, n, "key", any_float=True, device=dev)
+        seed = int(msg.payload["seed"]) if "seed" in msg.payload else None
+        fails = kernels.FAILED
+        if self._compiles(key, n, dev, check is not None and check.dtype == torch.int32) and _mix_is_exact(dev):
+            c, m = self._exact_float32(msg, codes, check)
+            inv_eps_q, inv_q, q = self._consts()
+            fails = kernels.run_compiled(_decode_mix_math, c, None if key is y else key,
+                                         self._whole_dither(seed, n, dev), m, y, inv_eps_q, inv_q, q, self.eps,
+                                         *_mix_weights(p, dev))
+        if fails is kernels.FAILED:
+            value = self.ws.get("mix", n, torch.float32, dev)
+            fails = self.decode(msg, key, out=value).failures
+            y.mul_(1.0 - p).add_(value, alpha=p)
+        return Decoded(y, int(fails))
+
     def _exact_float32(self, msg: Message, codes: torch.Tensor, check: torch.Tensor):
         """The message's int32 codes and oracle as float32 when that is exact (``b <= 24`` and ``|m| < 2**24``),
         converted once per message and reused by its other receivers (the server's model is decoded by every
@@ -269,12 +322,18 @@ class LatticeQuantizer:
 
     # -------------------------------------------------------------------------------- fused send
     def send(self, x: torch.Tensor, key: torch.Tensor | None, generator: torch.Generator | None = None,
-             out: torch.Tensor | None = None) -> Sent:
-        """``decode(encode(x, generator), key)`` in one pass, without the codes: same value, failures, bits."""
+             out: torch.Tensor | None = None, accumulate: bool = False) -> Sent:
+        """``decode(encode(x, generator), key)`` in one pass, without the codes: same value, failures, bits.
+
+        ``accumulate``: add the value into ``out`` (required then) instead of writing it, bit for bit
+        ``out.add_(value)``; the returned value is ``out``, the sum. (If ``x`` is out of range the error
+        comes after ``out`` was written.)"""
         _check_vec(x, self.dim, "x")
         n, dev = x.numel(), x.device
         if key is not None:
             _check_vec(key, n, "key", any_float=True, device=dev)
+        if accumulate and out is None:
+            raise ValueError("out: send(accumulate=True) adds into out, got None")
         seed = self._draw_seed(generator, dev)
         wide = self.bits_per_coord == 32
         out = _check_out(out, n, dev)
@@ -284,10 +343,13 @@ class LatticeQuantizer:
             # the range check comes back with the failures: one pass over x (x out of range: ``out`` is
             # overwritten, then the same error as encode's)
             res = kernels.run_compiled(_send_math, x, key, self._whole_dither(seed, n, dev), out, self.inv_eps,
-                                       inv_eps_q, q * self.eps, inv_q, wide)
+                                       inv_eps_q, q * self.eps, inv_q, wide, accumulate)
         if res is kernels.FAILED:
             wrap = self._integer_dtype(x) == torch.int64 and wide  # checks x; int32 m: a 32-bit code is m itself
-            fails = self._send_eager(x, key, seed, out, wide, wrap)
+            value = self.ws.get("sent", n, torch.float32, dev) if accumulate else out
+            fails = self._send_eager(x, key, seed, value, wide, wrap)
+            if accumulate:
+                out.add_(value)
         else:
             fails, top = res
             self._dtype_for(float(top))
@@ -323,6 +385,48 @@ class LatticeQuantizer:
                 t.sub_(u)
             out[a:b].copy_(t)
         return fails
+
+
+_MIX_EXACT: dict[str, bool] = {}
+
+
+def _mix_weights(p: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``p`` and ``1 - p`` as the float32 scalars that ``add_(alpha=p)`` and ``mul_(1 - p)`` use."""
+    return (torch.tensor(p, dtype=torch.float32, device=device),
+            torch.tensor(1.0 - p, dtype=torch.float32, device=device))
+
+
+def _mix_is_exact(device: torch.device) -> bool:
+    """Whether the compiled :func:`_decode_mix_math` gives the bits of the eager decode, ``mul_`` and
+    ``add_(alpha=p)`` here: both are fused multiply-adds on CPUs with FMA, but that is torch's build and
+    this CPU's to decide, so it is measured once per process (a 4,099-coordinate message, vector lanes
+    and the scalar tail, two values of ``p``) and the mismatch, if any, is logged. Where it is not exact
+    the mix runs as two steps; results are the same either way."""
+    known = _MIX_EXACT.get(device.type)
+    if known is None:
+        g = torch.Generator(device=device)
+        g.manual_seed(0)
+        n, quant = 4099, LatticeQuantizer(12, 1e-3)
+        x = torch.randn(n, generator=g, device=device)
+        msg = quant.encode(x)
+        known = True
+        for p in (1 / 11, 1 / 3):
+            y = x + 1e-2 * torch.randn(n, generator=g, device=device)
+            want = y.clone().mul_(1.0 - p).add_(quant.decode(msg, y).value, alpha=p)
+            inv_eps_q, inv_q, q = quant._consts()
+            # float32 codes and oracle, as the simulator's messages reach the kernel (:meth:`_exact_float32`)
+            res = kernels.run_compiled(_decode_mix_math, msg.payload["codes"].float(), None, None, msg.check.float(), y,
+                                       inv_eps_q, inv_q, q, quant.eps, *_mix_weights(p, device))
+            if res is kernels.FAILED:
+                return False                    # compiling is broken: every kernel runs eagerly anyway
+            if not torch.equal(y, want):
+                known = False
+                log.warning("lattice: the compiled decode-and-average differs from torch's mul_/add_ in %d of %d "
+                            "coordinates on this CPU; the two steps run separately (same results, slower)",
+                            int((y != want).sum()), n)
+                break
+        _MIX_EXACT[device.type] = known
+    return known
 
 
 class DitheredLatticeQuantizer(LatticeQuantizer):
