@@ -145,6 +145,9 @@ def test_one_option_convention():
     commands = _subcommands(build_parser())
     for name, wanted in (("run", {"--config", "--set", "--out"}), ("sweep", {"--config", "--set", "--out"})):
         assert wanted <= set(commands[name]._option_string_actions), name
+    campaign = _subcommands(commands["campaign"])
+    for name in ("run", "status"):
+        assert {"--config", "--set", "--out"} <= set(campaign[name]._option_string_actions), name
     describe = _subcommands(commands["data"])["describe"]
     assert "--set" in describe._option_string_actions  # loader options (--option is kept as its old spelling)
 

@@ -4,6 +4,7 @@ Each sub-command is a module of this package exposing ``register(subparsers)``:
 
 * ``qafl run``                    -> :mod:`qafl_core.cli.run`
 * ``qafl sweep``                  -> :mod:`qafl_core.cli.sweep`
+* ``qafl campaign run|status|table`` -> :mod:`qafl_core.cli.campaign` (the paper profile's campaign files)
 * ``qafl data describe|prepare``  -> :mod:`qafl_core.cli.data`
 * ``qafl bench``                  -> :mod:`qafl_core.cli.bench` (the benchmarks live in the checkout's ``bench/``)
 * ``qafl reproduce``              -> :mod:`qafl_core.reproduce` (its arguments stay beside the notebook runner)
@@ -29,6 +30,7 @@ import sys
 _COMMAND_MODULES = [
     "qafl_core.cli.run",
     "qafl_core.cli.sweep",
+    "qafl_core.cli.campaign",
     "qafl_core.cli.data",
     "qafl_core.reproduce",
     "qafl_core.cli.bench",
