@@ -55,19 +55,27 @@ def _encode_math(x, u, m_out, codes_out, inv_eps: float, inv_q: float, q: float)
     codes_out.copy_(_codes_math(m, inv_q, q, q))
 
 
-def _decode_math(c, key, u, check, out, inv_eps_q: float, inv_q: float, q: float, eps: float):
-    """Writes ``out``; returns the number of ``m_hat != m`` (0-d int64; 0 when ``check`` is None).
-    ``c`` is the code (int32 codes, or the float64 code of a fused send)."""
+def _decoded(c, t, u, check, inv_eps_q: float, inv_q: float, q: float, eps: float):
+    """The decode's arithmetic, shared by :func:`_decode_math` and :func:`_decode_mix_math`: the float64 value of
+    codes ``c`` against the float64 key ``t`` (dither ``u`` not yet added), and the number of ``m_hat != m``
+    (0-d int64; 0 when ``check`` is None)."""
     c = c.to(_F64)
-    t = torch.zeros_like(c) if key is None else key.to(_F64)
     if u is not None:
         t = t + u.to(_F64)
     m_hat = c + (t * inv_eps_q - c * inv_q).round() * q
     v = m_hat * eps
-    out.copy_(v if u is None else v - u.to(_F64))
-    if check is None:
-        return torch.zeros((), dtype=torch.int64, device=c.device)
-    return (m_hat != check.to(_F64)).sum()
+    fails = (torch.zeros((), dtype=torch.int64, device=c.device) if check is None
+             else (m_hat != check.to(_F64)).sum())
+    return (v if u is None else v - u.to(_F64)), fails
+
+
+def _decode_math(c, key, u, check, out, inv_eps_q: float, inv_q: float, q: float, eps: float):
+    """Writes ``out``; returns the number of ``m_hat != m`` (0-d int64; 0 when ``check`` is None).
+    ``c`` is the code (int32 codes, or the float64 code of a fused send)."""
+    t = torch.zeros_like(c, dtype=_F64) if key is None else key.to(_F64)
+    value, fails = _decoded(c, t, u, check, inv_eps_q, inv_q, q, eps)
+    out.copy_(value)
+    return fails
 
 
 def _decode_mix_math(c, key, u, check, y, inv_eps_q: float, inv_q: float, q: float, eps: float, p, keep):
@@ -76,17 +84,9 @@ def _decode_mix_math(c, key, u, check, y, inv_eps_q: float, inv_q: float, q: flo
     kernel calls one explicitly: inductor never contracts ``a*b + c`` itself). ``p`` and ``keep`` are float32
     0-d tensors holding ``p`` and ``1 - p`` as torch rounds those scalars (passed as Python floats, torch 2.13's
     compiled kernel kept the first call's ``p``; measured). ``key`` None: the key is ``y``."""
-    c = c.to(_F64)
-    t = y.to(_F64) if key is None else key.to(_F64)
-    if u is not None:
-        t = t + u.to(_F64)
-    m_hat = c + (t * inv_eps_q - c * inv_q).round() * q
-    v = m_hat * eps
-    value = (v if u is None else v - u.to(_F64)).to(torch.float32)
-    y.copy_(torch.ops.prims.fma(value, p, y * keep))
-    if check is None:
-        return torch.zeros((), dtype=torch.int64, device=c.device)
-    return (m_hat != check.to(_F64)).sum()
+    value, fails = _decoded(c, (y if key is None else key).to(_F64), u, check, inv_eps_q, inv_q, q, eps)
+    y.copy_(torch.ops.prims.fma(value.to(torch.float32), p, y * keep))
+    return fails
 
 
 def _send_math(x, key, u, out, inv_eps: float, inv_eps_q: float, qeps: float, inv_q: float, wide: bool,
