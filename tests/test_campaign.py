@@ -85,7 +85,38 @@ def test_a_checkpoint_is_resumed_a_finished_work_dir_imported_and_stop_ends_betw
     assert archive.lookup(first, [tmp / "arch"]) is not None and archive.lookup(second, [tmp / "arch"]) is not None
 
 
+def test_status_estimates_the_runs_not_archived_with_the_engines_own_counts(camp, monkeypatch, capsys):
+    """``status --estimate``: the counts of each run not archived are those a real run ends with, the time is
+    counts x measured costs (here fixed: 1 s a local step, 2 s an evaluation), and archived runs cost nothing."""
+    from qafl_core.experiments import estimate
+
+    tmp, args = camp
+    monkeypatch.setenv("QAFL_CACHE_DIR", str(tmp / "cache"))
+    monkeypatch.setattr(estimate, "measure_costs", lambda cfg, budget_s=2.0: {
+        "sgd_step_s": 1.0, "evaluation_s": 2.0, "message_s": 0.0})
+    assert main(["campaign", "run", *args, "--seeds", "0", "--only", "A"]) == 0
+    capsys.readouterr()
+    assert main(["campaign", "status", *args, "--estimate", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    total = 0
+    for (label, seed, cfg), line in zip(ph.run_configs(SPEC, "small"), lines):
+        if (label, seed) == ("A", 0):
+            assert line.startswith("archived") and "~" not in line
+            continue
+        df = runner.run(cfg)
+        steps = int(df.local_steps.max())
+        evals = int(((df.split == "test") & (df.metric == "loss")).sum())
+        seconds = steps + 2 * evals
+        total += seconds
+        assert line.startswith("to run") and f"~ {seconds / 60:.0f} min here: {steps:,} local steps, {evals} " \
+            f"evaluations" in line
+    assert lines[-2] == "1 archived, 0 in progress, 3 to run"
+    assert lines[-1].startswith(f"estimated time of the 3 runs not archived, one after another, each from its "
+                                f"start: {total / 3600:.1f} h here")
+
+
 @pytest.mark.parametrize("extra,message", [
+    (["--threads", "0"], "--threads: must be >= 1"),
     (["--only", "C"], "--only: C is not a variant of"),
     (["--seeds", "0,x"], "--seeds: expected comma-separated integers"),
     (["--checkpoint-every", "0"], "--checkpoint-every: must be > 0"),

@@ -19,6 +19,8 @@ fewer seeds:
 identity, and the table takes each run from the first of the file's ``devices`` that has it).
 
 ``qafl campaign status`` lists each run as archived (and on which device), in progress (a checkpoint) or to run;
+with ``--estimate`` it adds what each run not archived costs here, from start to end
+(:func:`qafl_core.experiments.estimate.estimate_run`), and their total;
 ``qafl campaign table`` prints the headline table and writes its figure
 (:mod:`qafl_core.experiments.paper_headline`).
 """
@@ -58,9 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                        "results/paper/<experiment> in the checkout)")
         q.add_argument("--no-verify-data", action="store_true",
                        help="match archived runs on the configuration only (without the dataset)")
+    status.add_argument("--estimate", action="store_true",
+                        help="also estimate what each run not archived costs here (local steps, evaluations, "
+                             "Gbit, time; qafl_core.experiments.estimate: simulated clock, measured step costs)")
     run.add_argument("--checkpoint-every", type=float, default=500.0, metavar="T",
                      help="checkpoint every T simulated-time units (default: %(default)s)")
-    run.add_argument("--threads", type=int, default=None, help="torch threads per run (default: the config's)")
+    for q in (run, status):
+        q.add_argument("--threads", type=int, default=None, help="torch threads per run (default: the config's)")
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     run.set_defaults(func=_cmd_run)
     status.set_defaults(func=_cmd_status)
@@ -89,6 +95,10 @@ def _plan(args: argparse.Namespace) -> tuple[dict, list[tuple[str, int, object]]
         except ValueError:
             raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
     sets = parse_set_options(args.set)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads: must be >= 1, got {args.threads}")
+        sets["num_threads"] = args.threads
     runs = [(label, seed, cfg.replace(**sets) if sets else cfg)
             for label, seed, cfg in runs if (not labels or label in labels) and (seeds is None or seed in seeds)]
     archive_dir = Path(args.archive) if args.archive else ph.ROOT / "results" / "paper" / args.experiment
@@ -116,14 +126,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     _, runs, work, archive_dir, devices = _plan(args)
     counts = {"archived": 0, "in progress": 0, "to run": 0}
+    total = None
+    if args.estimate:
+        from qafl_core.experiments import estimate
+        costs, total = estimate.CostCache(estimate.default_cost_path()), 0.0
     for label, seed, cfg in runs:
         dev = _archived(cfg, devices, _roots(archive_dir), not args.no_verify_data)
         d = work / cfg.config_hash()
         state = ("archived" if dev else "in progress" if (d / checkpoint.FILE).exists() else "to run")
         counts[state] += 1
         where = f" ({dev})" if dev else f" ({d})" if state == "in progress" else ""
-        print(f"{state:12s} seed {seed}  {label}  [{cfg.config_hash()}]{where}")
+        cost = ""
+        if total is not None and not dev:
+            e = estimate.estimate_run(cfg, label, costs)
+            total += e.seconds
+            cost = (f"  ~ {e.seconds / 60:.0f} min here: {e.local_steps:,} local steps, {e.evaluations} evaluations,"
+                    f" {e.bits / 1e9:.1f} Gbit")
+        print(f"{state:12s} seed {seed}  {label}  [{cfg.config_hash()}]{where}{cost}")
     print(", ".join(f"{n} {k}" for k, n in counts.items()))
+    if total is not None:
+        left = counts["in progress"] + counts["to run"]
+        print(f"estimated time of the {left} runs not archived, one after another, each from its start: "
+              f"{total / 3600:.1f} h here: local SGD steps, evaluations and messages at the costs measured on this "
+              f"machine ({costs.path}; under the load of the moment they were measured), without the server's "
+              f"arithmetic and per-step overheads")
     return 0
 
 
@@ -132,13 +158,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.checkpoint_every <= 0:
         raise ValueError(f"--checkpoint-every: must be > 0, got {args.checkpoint_every}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads: must be >= 1, got {args.threads}")
     _, runs, work, archive_dir, devices = _plan(args)
     done = ran = 0
     for label, seed, cfg in runs:
-        if args.threads is not None:
-            cfg = dataclasses.replace(cfg, num_threads=args.threads)
         h = cfg.config_hash()
         tag = f"{args.experiment} seed {seed} {label} [{h}]"
         dev = _archived(cfg, devices, _roots(archive_dir), not args.no_verify_data)

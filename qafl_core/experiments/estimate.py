@@ -300,6 +300,18 @@ def default_cost_path() -> Path:
     return cache_root() / "estimate-costs.json"
 
 
+# ---------------------------------------------------------------------- per run
+def estimate_run(cfg: RunConfig, label: str = "", costs: CostCache | None = None) -> RunCounts:
+    """What ``cfg`` does from start to end (:func:`run_counts`) and its estimated seconds here: local steps, evaluations
+    and messages times their measured costs (:class:`CostCache`; default: the machine's cost cache)."""
+    costs = costs if costs is not None else CostCache(default_cost_path())
+    c = run_counts(cfg)
+    cost = costs.get(cfg)
+    return RunCounts(cfg.config_hash(), label, c["server_steps"], c["local_steps"], c["messages"], c["bits"],
+                     c["evaluations"], c["local_steps"] * cost["sgd_step_s"] + c["evaluations"] * cost["evaluation_s"]
+                     + c["messages"] * cost["message_s"])
+
+
 # ---------------------------------------------------------------------- per notebook
 def already_computed(cfg: RunConfig, cache_dir: str | os.PathLike | None, archive: Sequence[Path]) -> str | None:
     """``"cached"`` / ``"archived"`` when the run needs no computing, else None."""
@@ -338,11 +350,7 @@ def estimate(profiles: Mapping[str, Mapping[str, Any]], cache_dir: str | os.Path
             status = "shared" if h in seen else already_computed(cfg, cache_dir, archive)
             seen.add(h)
             if status is None:
-                c = run_counts(cfg)
-                cost = costs.get(cfg)
-                counts = RunCounts(h, run.label, c["server_steps"], c["local_steps"], c["messages"], c["bits"],
-                                   c["evaluations"], c["local_steps"] * cost["sgd_step_s"] +
-                                   c["evaluations"] * cost["evaluation_s"] + c["messages"] * cost["message_s"])
+                counts = estimate_run(cfg, run.label, costs)
             else:
                 counts.status = status
             nb.runs.append(counts)
