@@ -119,7 +119,7 @@ def read(record_path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
     data = _gunzip(table)
     if hashlib.sha256(data).hexdigest() != rec.get("sha256"):
         raise ArchiveError(f"{table}: does not match its record (changed or damaged)")
-    df = pd.read_csv(io.BytesIO(data))
+    df = store.read_results_csv(data)
     if len(df) != rec.get("rows") or [str(c) for c in df.columns] != rec.get("columns"):
         raise ArchiveError(f"{table}: rows or columns differ from its record")
     return df, rec
@@ -191,7 +191,7 @@ def import_run_dir(run_dir: str | os.PathLike, directory: str | os.PathLike,
         raise ArchiveError(f"{d}: no data/code fingerprint in done.json or provenance.json")
     known = set(RunConfig.__dataclass_fields__)
     cfg = RunConfig.from_dict({k: v for k, v in cfg_dict.items() if k in known}, source=str(d / "config.json"))
-    df = pd.read_csv(io.BytesIO(data))
+    df = store.read_results_csv(data)
     if "config_hash" in df:
         df["config_hash"] = cfg.config_hash()
     status = done.get("status", "diverged" if ((df["split"] == "status") & (df["metric"] == "diverged")).any()

@@ -287,8 +287,9 @@ def reproduce(args: argparse.Namespace) -> int:
         profiles[n] = {**profiles[n], "profile": args.profile, "output_dir": str(output_dir)}
     if args.estimate:
         return _estimate(args, names, profiles, repo_root)
-    if args.json:
-        raise ValueError("--json: only with --estimate")
+    for flag in ("json", "remeasure"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag}: only with --estimate")
     if args.list:
         for n in names:
             print(f"{n}: notebooks/{n}.ipynb, params/{n}.{args.profile}.yaml")
@@ -309,12 +310,13 @@ def _estimate(args: argparse.Namespace, names: list[str], profiles: dict, repo_r
 
     archive = [p for p in [repo_root / "results" / args.profile] if p.is_dir()]
     order = [n for n in ORDER if n in names] + [n for n in names if n not in ORDER]   # shared runs count once, first
-    found = estimate.estimate({n: profiles[n] for n in order}, archive=archive)
+    costs = estimate.CostCache(estimate.default_cost_path(), remeasure=args.remeasure)
+    found = estimate.estimate({n: profiles[n] for n in order}, archive=archive, costs=costs)
     print(estimate.to_json(found) if args.json else estimate.format_table(found))
     if not args.json:
         print(f"\nprofile '{args.profile}': counts simulated exactly for runs that reach their limit; times are "
-              f"counts x costs measured here ({estimate.default_cost_path()}), without averaging, Python and start-up "
-              "overheads. Runs in the run cache or the results archive count 0.")
+              f"counts x costs measured here ({costs.path}; {costs.note() or 'none needed'}), without averaging, "
+              "Python and start-up overheads. Runs in the run cache or the results archive count 0.")
     return 0
 
 
@@ -414,6 +416,9 @@ def register(subparsers) -> None:
                         "this machine, from a simulation of each run's clock without training and measured step "
                         "costs; runs in the cache or results/<profile> count 0 (qafl_core.experiments.estimate)")
     p.add_argument("--json", action="store_true", help="with --estimate: print the estimate as JSON")
+    p.add_argument("--remeasure", action="store_true",
+                   help="with --estimate: measure the step costs again instead of reusing the cached ones (e.g. "
+                        "when they were measured while other jobs were running)")
     p.set_defaults(func=reproduce)
 
 

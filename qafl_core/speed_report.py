@@ -68,7 +68,9 @@ def table(config: str | Path, out: str | Path, tail: float = 0.5, metrics: Seque
     path = Path(out) / "results.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no sweep results; run qafl sweep --config {config} --out {out} first")
-    results = pd.read_csv(path)
+    from qafl_core.store import read_results_csv
+
+    results = read_results_csv(path)
     base, grid = load_sweep_file(str(config))
     n_seeds = seeds if seeds is not None else int(results.seed.nunique())
     runs = expand({**base, "progress": False}, grid, n_seeds, str(config))

@@ -268,6 +268,22 @@ def unfinish(directory: str | os.PathLike) -> None:
         fsync_dir(path.parent)
 
 
+#: the text columns of a results table; read as text, so that a config hash such as ``1234567890e12345`` (a number to
+#: a CSV reader's eye: 1.2e12354, i.e. inf) or ``0123456789012345`` (leading zero dropped) keeps its 16 characters
+RESULT_TEXT_COLUMNS = ("algorithm", "dataset", "model", "quantizer", "split", "metric", "config_hash")
+
+
+def read_results_csv(source: bytes | str | os.PathLike):
+    """A results table (``results.csv``) from its bytes or its path, with :data:`RESULT_TEXT_COLUMNS` as text.
+
+    Only an empty field is missing (what ``DataFrame.to_csv`` writes for NaN and None): the words pandas would
+    otherwise read as missing (``nan``, ``None``, ``NA``, ...) stay text."""
+    import pandas as pd
+
+    data = io.BytesIO(source) if isinstance(source, bytes) else source
+    return pd.read_csv(data, dtype={c: str for c in RESULT_TEXT_COLUMNS}, keep_default_na=False, na_values=[""])
+
+
 def read_entry(directory: str | os.PathLike, identity: str, finished_only: bool = True):
     """``(results table, completion record)`` of a verified run directory; None when it holds no run.
 
@@ -300,12 +316,12 @@ def read_entry(directory: str | os.PathLike, identity: str, finished_only: bool 
         raise EntryProblem(f"{res_path} is missing") from None
     if hashlib.sha256(data).hexdigest() != rec.get("sha256"):
         raise EntryProblem(f"{res_path} does not match its completion record (truncated or changed)")
-    df = pd.read_csv(io.BytesIO(data))
+    df = read_results_csv(data)
     if len(df) != rec.get("rows") or [str(c) for c in df.columns] != rec.get("columns"):
         raise EntryProblem(f"{res_path}: rows or columns differ from its completion record")
     return df, rec
 
 
-__all__ = ["DirLock", "EntryProblem", "FINISHED", "Locked", "atomic_save_tensors", "atomic_write", "atomic_write_json",
-           "check_plain", "fsync_dir", "load_array_pickle", "load_tensors", "notice", "read_entry", "unfinish",
-           "write_entry"]
+__all__ = ["DirLock", "EntryProblem", "FINISHED", "Locked", "RESULT_TEXT_COLUMNS", "atomic_save_tensors", "atomic_write",
+           "atomic_write_json", "check_plain", "fsync_dir", "load_array_pickle", "load_tensors", "notice", "read_entry",
+           "read_results_csv", "unfinish", "write_entry"]

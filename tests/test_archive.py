@@ -52,6 +52,39 @@ def test_same_table_same_bytes(finished, tmp_path):
         (tmp_path / "b" / f"{cfg.config_hash()}.csv.gz").read_bytes()
 
 
+def _numeric_looking_hash(cfg: RunConfig, pattern: str) -> RunConfig:
+    """The first seed whose config hash a CSV reader would take for a number (about 1 in 600 seeds)."""
+    import re
+
+    for seed in range(100_000):
+        c = cfg.replace(seed=seed)
+        if re.fullmatch(pattern, c.config_hash()):
+            return c
+    raise AssertionError(f"no seed below 100,000 gives a config hash matching {pattern}")
+
+
+@pytest.mark.parametrize("pattern", [r"\d+e\d+", r"\d+"], ids=["exponent", "digits"])
+def test_config_hashes_that_look_like_numbers_read_back_as_written(finished, tmp_path, pattern):
+    """A config hash such as ``882945488675e891`` (a float to a CSV reader: inf) or ``0080379868007115`` (an integer,
+    leading zeros dropped) and text columns named like numbers or NaN read back as the same text, from the archive
+    and from a run directory (the run cache): one such hash in 600 would otherwise be lost, and two runs whose
+    hashes both read as inf would be taken for one."""
+    from qafl_core import store
+
+    cfg, df, _ = finished
+    odd_cfg = _numeric_looking_hash(cfg, pattern)
+    h = odd_cfg.config_hash()
+    odd = df.assign(config_hash=h, seed=odd_cfg.seed, model="nan", quantizer="1e3")
+    got, _ = archive.read(archive.add(odd, odd_cfg, tmp_path / "arch", data_fingerprint="d" * 64,
+                                      code_fingerprint="c" * 64, git_commit=None))
+    store.write_entry(tmp_path / "run", odd, {"identity": "i", "status": "ok"})
+    cached, _ = store.read_entry(tmp_path / "run", "i")
+    for table in (got, cached):
+        assert table.config_hash.tolist() == [h] * len(df)
+        assert table.model.tolist() == ["nan"] * len(df) and table.quantizer.tolist() == ["1e3"] * len(df)
+        assert table.value.tolist() == pytest.approx(df.value.tolist(), nan_ok=True)
+
+
 def test_other_data_is_not_served(finished, tmp_path, capsys):
     cfg, df, _ = finished
     archive.add(df, cfg, tmp_path, data_fingerprint="0" * 64, code_fingerprint="c" * 64, git_commit=None)

@@ -94,6 +94,7 @@ def test_status_estimates_the_runs_not_archived_with_the_engines_own_counts(camp
     monkeypatch.setenv("QAFL_CACHE_DIR", str(tmp / "cache"))
     monkeypatch.setattr(estimate, "measure_costs", lambda cfg, budget_s=2.0: {
         "sgd_step_s": 1.0, "evaluation_s": 2.0, "message_s": 0.0})
+    monkeypatch.setattr(estimate, "_load1", lambda: 1.5)
     assert main(["campaign", "run", *args, "--seeds", "0", "--only", "A"]) == 0
     capsys.readouterr()
     assert main(["campaign", "status", *args, "--estimate", "--threads", "1"]) == 0
@@ -113,6 +114,9 @@ def test_status_estimates_the_runs_not_archived_with_the_engines_own_counts(camp
     assert lines[-2] == "1 archived, 0 in progress, 3 to run"
     assert lines[-1].startswith(f"estimated time of the 3 runs not archived, one after another, each from its "
                                 f"start: {total / 3600:.1f} h here")
+    assert "measured at a 1-min load average of 1.5 on" in lines[-1]
+    assert main(["campaign", "status", *args, "--remeasure"]) == 2
+    assert "--remeasure: only with --estimate" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -100,3 +100,29 @@ def test_reproduce_estimate_prints_a_table_or_json(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "figures").exists() and not (nb_dir / "executed").exists()     # nothing run or written
     assert qafl_main(["reproduce", "--notebooks-dir", str(nb_dir), "--profile", "tiny", "--json"]) == 2
     assert "--json: only with --estimate" in capsys.readouterr().err
+    assert qafl_main(["reproduce", "--notebooks-dir", str(nb_dir), "--profile", "tiny", "--remeasure"]) == 2
+    assert "--remeasure: only with --estimate" in capsys.readouterr().err
+
+
+def test_cost_cache_records_the_load_and_remeasures_on_request(tmp_path, monkeypatch):
+    """Costs are measured once per key and kept with the load average of the moment; ``remeasure`` measures each
+    key once more and replaces the entry, and the caption says under which load the costs in use were measured."""
+    calls, loads = [], iter([3.5, 0.25])
+    monkeypatch.setattr(estimate, "measure_costs", lambda cfg, budget_s=2.0: calls.append(cfg) or {
+        "sgd_step_s": float(len(calls)), "evaluation_s": 0.0, "message_s": 0.0})
+    monkeypatch.setattr(estimate, "_load1", lambda: next(loads))
+    cfg = RunConfig.from_dict({**QUAD, "quantizer": "identity", "bits": 32})
+    path = tmp_path / "costs.json"
+    first = estimate.CostCache(path)
+    assert first.get(cfg) == {"sgd_step_s": 1.0, "evaluation_s": 0.0, "message_s": 0.0, "load1": 3.5}
+    assert first.get(cfg)["sgd_step_s"] == 1.0 and len(calls) == 1                      # once per key
+    assert estimate.CostCache(path).get(cfg)["sgd_step_s"] == 1.0 and len(calls) == 1    # kept on disk
+    assert "load average of 3.5 on" in first.note()
+    again = estimate.CostCache(path, remeasure=True)
+    assert again.get(cfg)["load1"] == 0.25 and again.get(cfg)["sgd_step_s"] == 2.0 and len(calls) == 2
+    assert json.loads(path.read_text())[estimate.cost_key(cfg)]["load1"] == 0.25        # replaced on disk
+    # an entry from before loads were recorded says so
+    path.write_text(json.dumps({estimate.cost_key(cfg): {"sgd_step_s": 1.0, "evaluation_s": 0.0, "message_s": 0.0}}))
+    old = estimate.CostCache(path)
+    old.get(cfg)
+    assert old.note().startswith("1 measured at a load not recorded") and len(calls) == 2

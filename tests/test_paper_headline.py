@@ -2,6 +2,7 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -124,3 +125,31 @@ def test_every_committed_campaign_file_builds_valid_run_configs(path):
         assert len(runs) == len(spec["seeds"]) * len(spec["variants"])
         assert len({cfg.config_hash() for _, _, cfg in runs}) == len(runs)    # no two runs share a result
     assert 0 < float(spec.get("target", 0.4)) <= 1
+
+
+def test_plot_means_seeds_on_a_common_grid_and_names_seed_counts_in_the_legend(root):
+    """Seeds that evaluate at different times are interpolated onto one grid before the mean, each only inside its
+    own time range: at t = 15 the mean of A is over its three seeds, not over the one seed that evaluated there."""
+    import matplotlib.pyplot as plt
+
+    results, _, _ = ph.collect(SPEC, "small", roots=[root], verify_data=False)
+    a1 = (results.label == "A") & (results.seed == 1)
+    results.loc[a1, "time"] = results.loc[a1, "time"] / 2          # seed 1 of A: evaluations at t = 0, 5, 10, 15
+    fig = ph.plot(results, "small", order=["A", "B"])
+    try:
+        acc_time = fig.axes[0]
+        a = acc_time.lines[0]                                     # hue order: A first
+        xs, ys = a.get_xdata(), a.get_ydata()
+        i15 = int(np.argmin(np.abs(xs - 15.0)))
+        assert xs[i15] == pytest.approx(15.0)
+        # seed 0: (0.5 + 0.7) / 2, seed 1: 0.9 (its last evaluation), seed 2: (0.2 + 0.3) / 2
+        assert ys[i15] == pytest.approx(100 * (0.6 + 0.9 + 0.25) / 3)
+        i24 = int(np.argmin(np.abs(xs - 24.0)))                   # seed 1 ended at t = 15: mean of seeds 0 and 2
+        assert xs[i24] == pytest.approx(24.0)
+        assert ys[i24] == pytest.approx(100 * ((0.7 + 0.4 * 0.1) + (0.3 + 0.4 * 0.4)) / 2)
+        names = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert names == ["A (3 seeds)", "B (2 seeds)"]
+        assert [ax.get_xlabel().split(" ")[0] for ax in fig.axes] == ["simulated", "simulated", "data"]
+        assert all(ax.get_legend() is None for ax in fig.axes)  # one legend, below the panels, over no curve
+    finally:
+        plt.close(fig)

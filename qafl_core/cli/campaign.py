@@ -20,7 +20,8 @@ identity, and the table takes each run from the first of the file's ``devices`` 
 
 ``qafl campaign status`` lists each run as archived (and on which device), in progress (a checkpoint) or to run;
 with ``--estimate`` it adds what each run not archived costs here, from start to end
-(:func:`qafl_core.experiments.estimate.estimate_run`), and their total;
+(:func:`qafl_core.experiments.estimate.estimate_run`), and their total, with the load under which the step
+costs were measured (``--remeasure`` measures them again);
 ``qafl campaign table`` prints the headline table and writes its figure
 (:mod:`qafl_core.experiments.paper_headline`).
 """
@@ -63,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--estimate", action="store_true",
                         help="also estimate what each run not archived costs here (local steps, evaluations, "
                              "Gbit, time; qafl_core.experiments.estimate: simulated clock, measured step costs)")
+    status.add_argument("--remeasure", action="store_true",
+                        help="with --estimate: measure the step costs again instead of reusing the cached ones")
     run.add_argument("--checkpoint-every", type=float, default=500.0, metavar="T",
                      help="checkpoint every T simulated-time units (default: %(default)s)")
     for q in (run, status):
@@ -126,10 +129,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     _, runs, work, archive_dir, devices = _plan(args)
     counts = {"archived": 0, "in progress": 0, "to run": 0}
-    total = None
+    if args.remeasure and not args.estimate:
+        raise ValueError("--remeasure: only with --estimate")
+    costs, total = None, 0.0
     if args.estimate:
         from qafl_core.experiments import estimate
-        costs, total = estimate.CostCache(estimate.default_cost_path()), 0.0
+        costs = estimate.CostCache(estimate.default_cost_path(), remeasure=args.remeasure)
     for label, seed, cfg in runs:
         dev = _archived(cfg, devices, _roots(archive_dir), not args.no_verify_data)
         d = work / cfg.config_hash()
@@ -137,19 +142,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
         counts[state] += 1
         where = f" ({dev})" if dev else f" ({d})" if state == "in progress" else ""
         cost = ""
-        if total is not None and not dev:
+        if costs is not None and not dev:
             e = estimate.estimate_run(cfg, label, costs)
             total += e.seconds
             cost = (f"  ~ {e.seconds / 60:.0f} min here: {e.local_steps:,} local steps, {e.evaluations} evaluations,"
                     f" {e.bits / 1e9:.1f} Gbit")
         print(f"{state:12s} seed {seed}  {label}  [{cfg.config_hash()}]{where}{cost}")
     print(", ".join(f"{n} {k}" for k, n in counts.items()))
-    if total is not None:
+    if costs is not None:
         left = counts["in progress"] + counts["to run"]
         print(f"estimated time of the {left} runs not archived, one after another, each from its start: "
               f"{total / 3600:.1f} h here: local SGD steps, evaluations and messages at the costs measured on this "
-              f"machine ({costs.path}; under the load of the moment they were measured), without the server's "
-              f"arithmetic and per-step overheads")
+              f"machine ({costs.path}; {costs.note() or 'none needed'}), without the server's arithmetic and "
+              f"per-step overheads")
     return 0
 
 

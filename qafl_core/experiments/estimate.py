@@ -270,11 +270,18 @@ def cost_key(cfg: RunConfig) -> str:
 
 
 class CostCache:
-    """Measured costs by :func:`cost_key`, kept in a JSON file (written atomically)."""
+    """Measured costs by :func:`cost_key`, kept in a JSON file (written atomically).
 
-    def __init__(self, path: Path | None):
+    Each entry also records ``load1``, the machine's 1-minute load average when it was measured: a cost measured
+    while other jobs shared the cores is too high for a run that will have them to itself, and :meth:`note` says so.
+    ``remeasure=True`` measures every key again, once in this object's life, and replaces the stored entry."""
+
+    def __init__(self, path: Path | None, remeasure: bool = False):
         self.path = path
+        self.remeasure = remeasure
         self.costs: dict[str, dict[str, float]] = {}
+        self.used: set[str] = set()
+        self._measured: set[str] = set()
         if path is not None and path.is_file():
             try:
                 self.costs = json.loads(path.read_text())
@@ -284,14 +291,37 @@ class CostCache:
     def get(self, cfg: RunConfig) -> dict[str, float]:
         """``sgd_step_s``, ``evaluation_s`` and ``message_s`` of ``cfg``, measured once per :func:`cost_key`."""
         key = cost_key(cfg)
-        if key not in self.costs:
-            self.costs[key] = measure_costs(cfg)
+        self.used.add(key)
+        if key not in self.costs or (self.remeasure and key not in self._measured):
+            load = _load1()
+            self.costs[key] = {**measure_costs(cfg), **({"load1": load} if load is not None else {})}
+            self._measured.add(key)
             if self.path is not None:
                 from qafl_core.store import atomic_write_json
 
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(self.path, self.costs, sort_keys=True)
         return self.costs[key]
+
+    def note(self) -> str:
+        """Under what load the costs used so far were measured, for the estimate's caption."""
+        loads = [self.costs[k].get("load1") for k in sorted(self.used) if k in self.costs]
+        known = [x for x in loads if x is not None]
+        parts = []
+        if known:
+            lo, hi = min(known), max(known)
+            parts.append(f"measured at a 1-min load average of {lo:.1f}" + (f"-{hi:.1f}" if hi > lo else "")
+                         + f" on {os.cpu_count()} CPUs")
+        if len(known) < len(loads):
+            parts.append(f"{len(loads) - len(known)} measured at a load not recorded")
+        return "; ".join(parts) + ("; --remeasure measures them again" if parts else "")
+
+
+def _load1() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):   # no load average on this platform
+        return None
 
 
 def default_cost_path() -> Path:

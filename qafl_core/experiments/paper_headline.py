@@ -161,20 +161,37 @@ def markdown(table: pd.DataFrame, target: float) -> str:
     return "\n".join(lines)
 
 
-def plot(results: pd.DataFrame, title: str):
-    """Test accuracy and loss against simulated time, mean over seeds with a 95 % CI band."""
-    import matplotlib.pyplot as plt
+def plot(results: pd.DataFrame, title: str, order: Sequence[str] | None = None):
+    """Test accuracy and loss against simulated time, and accuracy against the bits sent: per variant the mean over
+    seeds with a 95 % bootstrap CI band (:func:`qafl_core.experiments.plotting.metric_panel`); the loss axis is
+    logarithmic when the values span more than a decade.
+
+    Each seed's curve is first interpolated onto one grid of x values, inside its own range only
+    (:func:`qafl_core.experiments.analysis.curves`): the seeds of a run evaluate at different simulated times, and a
+    mean taken at the raw times would average different subsets of seeds from point to point.  The legend, below
+    the panels, gives each variant's seed count."""
     import seaborn as sns
 
-    test = results[results.split == "test"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("accuracy", "loss")):
-        sns.lineplot(data=test[test.metric == metric], x="time", y="value", hue="label", errorbar=("ci", 95),
-                     ax=ax, legend=metric == "accuracy")
-        ax.set(xlabel="simulated time", ylabel=f"test {metric}")
-    n_seeds = results.groupby("label").seed.nunique()
-    fig.suptitle(f"{title} (seeds per variant: {', '.join(f'{k} {v}' for k, v in n_seeds.items())})", fontsize=8)
-    fig.tight_layout()
+    from qafl_core.experiments import plotting
+
+    # one archived table may serve two labels: keep them as separate runs of each label
+    test = results[results.split == "test"].assign(config_hash=lambda d: d.label + "/" + d.config_hash)
+    labels = [v for v in (order or []) if v in set(test.label)] + [v for v in dict.fromkeys(test.label)
+                                                                      if v not in set(order or [])]
+    n_seeds = test.groupby("label").seed.nunique()
+    named = {v: f"{v} ({n_seeds[v]} seed{'s' if n_seeds[v] != 1 else ''})" for v in labels}
+    test = test.assign(label=test.label.map(named))
+    hue_order = [named[v] for v in labels]
+    palette = dict(zip(hue_order, sns.color_palette("colorblind", len(hue_order))))
+    fig, axes = plotting.subplots(3, 1, width=5.0, height=3.8)
+    for ax, (metric, x) in zip(axes, (("accuracy", "time"), ("loss", "time"), ("accuracy", "bits"))):
+        plotting.metric_panel(ax, test, metric, x=x, hue_order=hue_order, band="ci", points=101, palette=palette,
+                              logy="auto" if metric == "loss" else False)   # a blown-up loss would flatten the rest
+        ax.get_legend().remove()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"{title}: mean over seeds, 95 % CI band", fontsize="medium")
+    fig.tight_layout(rect=(0, 0.04 + 0.045 * math.ceil(len(hue_order) / 3), 1, 1))
     return fig
 
 
@@ -200,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmissing ({len(missing)}): " + ", ".join(f"{label} seed {seed}" for label, seed in missing))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fig = plot(results, f"{args.experiment}: {spec['base'].get('dataset')} paper profile")
+    fig = plot(results, f"{args.experiment} ({spec['base'].get('dataset')}, paper profile)", order=list(spec["variants"]))
     fig.savefig(out / f"headline_{args.experiment}.png", dpi=120)
     metrics = {"experiment": args.experiment, "target": target, "table": json.loads(table.to_json(orient="records")),
                "missing": [list(m) for m in missing], "provenance": provenance,
