@@ -63,13 +63,12 @@ def table(config: str | Path, out: str | Path, tail: float = 0.5, metrics: Seque
 
     With ``pivot`` (a grid key), one row per value of the other grid keys and one column per value of ``pivot``,
     each cell ``metric1 / metric2 / ...`` (2 decimals), with ``(d div.)`` when d of its runs diverged."""
+    from qafl_core.store import read_results_csv
     from qafl_core.sweep import expand, load_sweep_file
 
     path = Path(out) / "results.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no sweep results; run qafl sweep --config {config} --out {out} first")
-    from qafl_core.store import read_results_csv
-
     results = read_results_csv(path)
     base, grid = load_sweep_file(str(config))
     n_seeds = seeds if seeds is not None else int(results.seed.nunique())

@@ -170,22 +170,20 @@ def plot(results: pd.DataFrame, title: str, order: Sequence[str] | None = None):
     (:func:`qafl_core.experiments.analysis.curves`): the seeds of a run evaluate at different simulated times, and a
     mean taken at the raw times would average different subsets of seeds from point to point.  The legend, below
     the panels, gives each variant's seed count."""
-    import seaborn as sns
-
     from qafl_core.experiments import plotting
 
     # one archived table may serve two labels: keep them as separate runs of each label
     test = results[results.split == "test"].assign(config_hash=lambda d: d.label + "/" + d.config_hash)
-    labels = [v for v in (order or []) if v in set(test.label)] + [v for v in dict.fromkeys(test.label)
-                                                                      if v not in set(order or [])]
+    present = list(dict.fromkeys(test.label))
+    order = list(order or [])
+    labels = [v for v in order if v in present] + [v for v in present if v not in order]
     n_seeds = test.groupby("label").seed.nunique()
     named = {v: f"{v} ({n_seeds[v]} seed{'s' if n_seeds[v] != 1 else ''})" for v in labels}
     test = test.assign(label=test.label.map(named))
-    hue_order = [named[v] for v in labels]
-    palette = dict(zip(hue_order, sns.color_palette("colorblind", len(hue_order))))
+    hue_order = [named[v] for v in labels]     # every panel colours the variants in this order
     fig, axes = plotting.subplots(3, 1, width=5.0, height=3.8)
     for ax, (metric, x) in zip(axes, (("accuracy", "time"), ("loss", "time"), ("accuracy", "bits"))):
-        plotting.metric_panel(ax, test, metric, x=x, hue_order=hue_order, band="ci", points=101, palette=palette,
+        plotting.metric_panel(ax, test, metric, x=x, hue_order=hue_order, band="ci", points=101,
                               logy="auto" if metric == "loss" else False)   # a blown-up loss would flatten the rest
         ax.get_legend().remove()
     handles, names = axes[0].get_legend_handles_labels()
